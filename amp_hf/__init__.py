@@ -1,0 +1,24 @@
+"""amp_hf: Adversarial Model Perturbation (Zheng, Zhang, Mao, CVPR 2021) for the Hugging Face Trainer.
+
+Swap `Trainer` for `AMPTrainer` and `TrainingArguments` for `AMPTrainingArguments`; nothing else changes.
+"""
+
+from .config import AMPConfig
+from .perturbation import AscentResult, perturbed_weights, project_
+from .trainer import AMPMixin, AMPSeq2SeqTrainer, AMPTrainer
+from .training_args import AMPArgumentsMixin, AMPSeq2SeqTrainingArguments, AMPTrainingArguments
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AMPArgumentsMixin",
+    "AMPConfig",
+    "AMPMixin",
+    "AMPSeq2SeqTrainer",
+    "AMPSeq2SeqTrainingArguments",
+    "AMPTrainer",
+    "AMPTrainingArguments",
+    "AscentResult",
+    "perturbed_weights",
+    "project_",
+]

@@ -1,0 +1,98 @@
+"""The AMP hyper-parameters as one validated value.
+
+`AMPConfig` is what the perturbation code and the trainer read. It is built from any `TrainingArguments`
+(`AMPConfig.from_args`), so that a plain `TrainingArguments` handed to `AMPTrainer` still works with the defaults, and
+it owns the validation, so that the argument classes and the trainer reject bad values with the same messages.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, fields
+from typing import Any
+
+NORMS = ("tensor", "global")
+"""Allowed `amp_norm` values: one ball per parameter tensor (reference), or one ball over all of them (paper)."""
+
+
+@dataclass(frozen=True)
+class AMPConfig:
+    """AMP settings, named as in amp-spec.md. Field `x` corresponds to the training argument `amp_x`."""
+
+    epsilon: float = 0.5
+    inner_steps: int = 1
+    inner_lr: float = 1.0
+    norm: str = "tensor"
+    interval: int = 1
+    start_step: int = 0
+    exclude: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        # Normalise `exclude` first: argument parsers hand over lists, and a frozen dataclass wants a tuple.
+        exclude = () if self.exclude is None else self.exclude
+        if isinstance(exclude, str):
+            exclude = (exclude,)
+        object.__setattr__(self, "exclude", tuple(exclude))
+        self._validate()
+
+    def _validate(self) -> None:
+        def number(name: str, value: Any) -> float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"amp_{name} must be a finite number, got {value!r}")
+            return float(value)
+
+        def integer(name: str, value: Any) -> int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"amp_{name} must be an integer, got {value!r}")
+            return value
+
+        if number("epsilon", self.epsilon) < 0:
+            raise ValueError(f"amp_epsilon must be >= 0 (0 turns AMP off), got {self.epsilon!r}")
+        if integer("inner_steps", self.inner_steps) < 0:
+            raise ValueError(f"amp_inner_steps must be an integer >= 0 (0 turns AMP off), got {self.inner_steps!r}")
+        if number("inner_lr", self.inner_lr) <= 0:
+            raise ValueError(f"amp_inner_lr must be > 0, got {self.inner_lr!r}")
+        if self.norm not in NORMS:
+            allowed = ", ".join(repr(n) for n in NORMS)
+            raise ValueError(f"amp_norm must be one of {allowed}, got {self.norm!r}")
+        if integer("interval", self.interval) < 1:
+            raise ValueError(f"amp_interval must be an integer >= 1, got {self.interval!r}")
+        if integer("start_step", self.start_step) < 0:
+            raise ValueError(f"amp_start_step must be an integer >= 0, got {self.start_step!r}")
+        for pattern in self.exclude:
+            if not isinstance(pattern, str) or not pattern:
+                raise ValueError(f"amp_exclude entries must be non-empty regular expressions, got {pattern!r}")
+            try:
+                re.compile(pattern)
+            except re.error as err:
+                raise ValueError(
+                    f"amp_exclude entry {pattern!r} is not a valid regular expression ({err}); "
+                    "entries are matched with re.search against parameter names, e.g. 'bias' or 'LayerNorm'"
+                ) from None
+
+    @property
+    def enabled(self) -> bool:
+        """False when the settings make AMP plain ERM (K = 0 or ε = 0): then no extra pass runs at all."""
+        return self.inner_steps > 0 and self.epsilon > 0
+
+    def applies_at(self, global_step: int) -> bool:
+        """Whether the optimizer step numbered `global_step` (0-based, steps already taken) is an AMP step."""
+        if not self.enabled or global_step < self.start_step:
+            return False
+        return (global_step - self.start_step) % self.interval == 0
+
+    def is_excluded(self, parameter_name: str) -> bool:
+        return any(re.search(pattern, parameter_name) for pattern in self.exclude)
+
+    @classmethod
+    def from_args(cls, args: Any) -> AMPConfig:
+        """Reads the `amp_*` attributes of a (Training)Arguments object; missing ones take the defaults."""
+        defaults = cls()
+        values = {f.name: getattr(args, f"amp_{f.name}", getattr(defaults, f.name)) for f in fields(cls)}
+        return cls(**values)
+
+    @classmethod
+    def missing_from(cls, args: Any) -> list[str]:
+        """The `amp_*` argument names that `args` does not define (all of them for a plain TrainingArguments)."""
+        return [f"amp_{f.name}" for f in fields(cls) if not hasattr(args, f"amp_{f.name}")]

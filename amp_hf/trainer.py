@@ -1,0 +1,226 @@
+"""Trainer glue: run the AMP step of `perturbation.py` inside the Hugging Face Trainer's own training step.
+
+Per micro-batch, on an AMP step:
+  1. ascent passes (clean + K − 1): the micro-batch's own **mean** loss (`num_items_in_batch=None`), gradient by
+     `torch.autograd.grad` on the model without its DDP wrapper, unscaled by the fp16 GradScaler's scale. Nothing is
+     written to `.grad` and nothing is communicated, whatever the accumulation, token normalisation or process count.
+  2. descent pass at θ + Δ: `Trainer.training_step` itself, so loss scaling, the label smoother, `compute_loss_func`,
+     custom `compute_loss` overrides, accumulation and DDP gradient sync behave exactly as in the plain Trainer.
+  3. θ is copied back (also on error), running statistics are put back to their post-clean-pass values, and the
+     clean loss is returned on the plain Trainer's scale, so `loss` curves of ERM and AMP runs compare.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from transformers import Seq2SeqTrainer, Trainer
+
+from .config import AMPConfig
+from .perturbation import AscentResult, perturbed_weights
+from .running_stats import RunningStatsSnapshot
+
+logger = logging.getLogger(__name__)
+
+METRIC_KEYS = ("amp_loss", "amp_delta_norm", "amp_skipped")
+
+
+class AMPMixin:
+    """Adds Adversarial Model Perturbation to a `Trainer` subclass: `class X(AMPMixin, SomeTrainer)`.
+
+    The AMP settings come from the `amp_*` fields of `args` (see `AMPTrainingArguments`); a plain `TrainingArguments`
+    gets the reference defaults. Everything but `training_step` and `log` is the wrapped Trainer's.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.amp_config = self._read_amp_config()
+        self._amp_parameters_cache: tuple[int, list[tuple[str, torch.nn.Parameter]]] | None = None
+        # Running sums since the last log, on the device: [amp_loss, AMP optimizer steps, ‖Δ‖, perturbed micro-batches,
+        # skipped micro-batches]. Summed, not synced, per step; reduced across processes only when logging.
+        self._amp_window: torch.Tensor | None = None
+        self._amp_last_step: int | None = None
+
+    # ----------------------------------------------------------------------------------------------- configuration
+    def _read_amp_config(self) -> AMPConfig:
+        config = AMPConfig.from_args(self.args)
+        missing = AMPConfig.missing_from(self.args)
+        if missing and config.enabled:
+            logger.warning(
+                "%s got %s without the AMP fields (%s); using the AMP defaults %s. Use AMPTrainingArguments (or "
+                "AMPArgumentsMixin) to set them.",
+                type(self).__name__,
+                type(self.args).__name__,
+                ", ".join(missing),
+                config,
+            )
+        if config.enabled and getattr(self, "is_deepspeed_enabled", False):
+            raise ValueError(
+                "AMPTrainer does not support DeepSpeed: its engine steps the optimizer inside backward and keeps "
+                "gradients in its own partitioned buffers, so the perturbed weights could be stepped. Run with DDP "
+                "(`accelerate launch --multi_gpu`) instead, or set amp_inner_steps=0 / amp_epsilon=0 for plain "
+                "training."
+            )
+        if config.enabled and getattr(self, "is_fsdp_enabled", False):
+            raise ValueError(
+                "AMPTrainer does not support FSDP yet: with sharded parameters the perturbation norms would be taken "
+                "over local shards only. Run with DDP (`accelerate launch --multi_gpu`) instead, or set "
+                "amp_inner_steps=0 / amp_epsilon=0 for plain training."
+            )
+        return config
+
+    def train(self, *args: Any, **kwargs: Any):
+        # Arguments may have been edited since construction: validate again before any training starts.
+        self.amp_config = self._read_amp_config()
+        self._amp_parameters_cache = None
+        self._amp_window = None
+        self._amp_last_step = None
+        return super().train(*args, **kwargs)
+
+    def amp_parameters(self, model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
+        """(name, parameter) of every tensor AMP perturbs: trainable, and not matched by `amp_exclude`."""
+        model = _without_ddp(model)
+        if self._amp_parameters_cache is None or self._amp_parameters_cache[0] != id(model):
+            selected = [
+                (name, p)
+                for name, p in model.named_parameters()
+                if p.requires_grad and not self.amp_config.is_excluded(name)
+            ]
+            self._amp_parameters_cache = (id(model), selected)
+        return self._amp_parameters_cache[1]
+
+    # -------------------------------------------------------------------------------------------------- the step
+    def training_step(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, torch.Tensor | Any],
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor:
+        if not self.amp_config.applies_at(self.state.global_step):
+            return super().training_step(model, inputs, num_items_in_batch)
+        params = [p for _, p in self.amp_parameters(model)]
+        if not params:
+            return super().training_step(model, inputs, num_items_in_batch)
+
+        model.train()
+        if callable(getattr(self.optimizer, "train", None)):
+            self.optimizer.train()  # schedule-free optimizers swap their weights in here: do it before the ascent
+        ascent_model = _without_ddp(model)
+        stats: RunningStatsSnapshot | None = None
+
+        def ascent_gradient() -> tuple[torch.Tensor, list[torch.Tensor]]:
+            nonlocal stats
+            loss, grads = self._amp_ascent_gradient(ascent_model, inputs, params)
+            if stats is None:  # right after the clean pass: later passes must not move the running statistics
+                stats = RunningStatsSnapshot(model)
+            return loss, grads
+
+        try:
+            with perturbed_weights(params, ascent_gradient, self.amp_config) as ascent:
+                amp_loss = super().training_step(model, inputs, num_items_in_batch)
+        finally:
+            if stats is not None:
+                stats.restore()
+        self._amp_record(amp_loss, ascent)
+        return self._on_trainer_scale(ascent.clean_loss, inputs, num_items_in_batch)
+
+    def _amp_ascent_gradient(
+        self, model: torch.nn.Module, inputs: dict[str, Any], params: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Mean loss of the micro-batch at the current weights, and its gradient; `.grad` is left alone."""
+        inputs = self._prepare_inputs(inputs)  # a fresh shallow copy: compute_loss may pop "labels"
+        with self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs, num_items_in_batch=None)
+        if loss.dim() > 0:  # nn.DataParallel returns one loss per device
+            loss = loss.mean()
+        scale = self._amp_loss_scale()
+        grads = torch.autograd.grad(loss if scale is None else loss * scale, params, allow_unused=True)
+        grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]
+        if scale is not None:
+            torch._foreach_div_(grads, scale)  # an overflow stays inf and is caught as non-finite
+        return loss.detach(), grads
+
+    def _amp_loss_scale(self) -> float | None:
+        """The fp16 GradScaler's current scale, read without `unscale_` (accelerate unscales once, when clipping)."""
+        scaler = getattr(self.accelerator, "scaler", None)
+        if scaler is None or not scaler.is_enabled():
+            return None
+        return float(scaler.get_scale())
+
+    def _on_trainer_scale(
+        self, mean_loss: torch.Tensor, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None
+    ) -> torch.Tensor:
+        """Turns the micro-batch's mean loss into what `Trainer.training_step` would have returned for it."""
+        loss = mean_loss
+        token_normalised = num_items_in_batch is not None and (
+            self.model_accepts_loss_kwargs or self.compute_loss_func is not None
+        )
+        if token_normalised:
+            # The Trainer's loss is (sum over this micro-batch) / (items in the whole window), times the number of
+            # processes when it averages tokens across devices; the mean loss times the local item count is the sum.
+            local_items = self._local_item_count(inputs)
+            if local_items is not None:
+                loss = loss * local_items / num_items_in_batch
+                if self.args.average_tokens_across_devices:
+                    tp_size = self.get_tp_size() if hasattr(self, "get_tp_size") else 1
+                    loss = loss * (self.accelerator.num_processes // tp_size)
+        scaled_for_ga = self.loss_is_scaled_for_ga if self.loss_is_scaled_for_ga is not None else token_normalised
+        if not scaled_for_ga:
+            loss = loss / self.current_gradient_accumulation_steps
+        return loss
+
+    def _local_item_count(self, inputs: dict[str, Any]) -> torch.Tensor | None:
+        """Items of this micro-batch, counted as `Trainer._get_num_items_in_batch` counts them, without a gather."""
+        if "shift_labels" in inputs:
+            labels = inputs["shift_labels"]
+        elif "labels" in inputs:
+            labels = inputs["labels"][..., 1:] if getattr(self, "_loss_shifts_labels", False) else inputs["labels"]
+        else:
+            return None
+        if not torch.is_tensor(labels):
+            return None
+        return labels.ne(-100).sum().to(self.args.device)
+
+    # ---------------------------------------------------------------------------------------------------- logging
+    def _amp_record(self, amp_loss: torch.Tensor, ascent: AscentResult) -> None:
+        new_step = self.state.global_step != self._amp_last_step
+        self._amp_last_step = self.state.global_step
+        perturbed = ascent.delta_norm is not None and not ascent.skipped
+        row = torch.stack(
+            [
+                amp_loss.detach().float().reshape(()),
+                torch.tensor(float(new_step), device=amp_loss.device),
+                (ascent.delta_norm if perturbed else torch.zeros((), device=amp_loss.device)).float(),
+                torch.tensor(float(perturbed), device=amp_loss.device),
+                torch.tensor(float(ascent.skipped), device=amp_loss.device),
+            ]
+        ).double()
+        self._amp_window = row if self._amp_window is None else self._amp_window + row
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        """Adds `amp_loss`, `amp_delta_norm` and `amp_skipped` to the training logs, averaged like `loss`."""
+        if "loss" in logs and self._amp_window is not None:
+            totals = self.accelerator.reduce(self._amp_window, reduction="sum").tolist()
+            self._amp_window = torch.zeros_like(self._amp_window)
+            loss_sum, steps, delta_sum, perturbed, skipped = totals
+            if steps > 0:
+                logs["amp_loss"] = loss_sum / steps
+                logs["amp_delta_norm"] = delta_sum / perturbed if perturbed > 0 else 0.0
+                logs["amp_skipped"] = int(skipped)
+        super().log(logs, *args, **kwargs)
+
+
+def _without_ddp(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside a DDP wrapper: its forward runs no buffer broadcast and arms no gradient all-reduce."""
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+class AMPTrainer(AMPMixin, Trainer):
+    """`transformers.Trainer` with Adversarial Model Perturbation. Same constructor; AMP settings come from `args`."""
+
+
+class AMPSeq2SeqTrainer(AMPMixin, Seq2SeqTrainer):
+    """`transformers.Seq2SeqTrainer` with Adversarial Model Perturbation."""

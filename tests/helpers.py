@@ -1,0 +1,183 @@
+"""Tiny models, data and an independent plain-PyTorch AMP reference, shared by the tests."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset, SequentialSampler
+
+from amp_hf import AMPMixin, AMPTrainingArguments
+from transformers import Trainer
+
+
+class TinyClassifier(nn.Module):
+    """A two-layer MLP that returns a mean cross-entropy loss, like a Hugging Face model does."""
+
+    def __init__(self, n_in: int = 6, n_hidden: int = 8, n_out: int = 3, batchnorm: bool = False, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.fc1 = nn.Linear(n_in, n_hidden)
+        self.norm = nn.BatchNorm1d(n_hidden) if batchnorm else nn.Identity()
+        self.fc2 = nn.Linear(n_hidden, n_out)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        logits = self.fc2(torch.tanh(self.norm(self.fc1(x))))
+        out = {"logits": logits}
+        if labels is not None:
+            out["loss"] = nn.functional.cross_entropy(logits, labels)
+        return out
+
+
+class TokenNormalisedClassifier(TinyClassifier):
+    """Accepts `num_items_in_batch` like a Hugging Face model with loss kwargs: sum of item losses / that count."""
+
+    def forward(self, x, labels=None, num_items_in_batch=None, **kwargs):
+        logits = self.fc2(torch.tanh(self.fc1(x)))
+        out = {"logits": logits}
+        if labels is not None:
+            if num_items_in_batch is None:
+                out["loss"] = nn.functional.cross_entropy(logits, labels, ignore_index=-100)
+            else:
+                total = nn.functional.cross_entropy(logits, labels, ignore_index=-100, reduction="sum")
+                out["loss"] = total / num_items_in_batch
+        return out
+
+
+class DictDataset(Dataset):
+    def __init__(self, n: int = 32, n_in: int = 6, n_out: int = 3, seed: int = 1, ignored_every: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(n, n_in, generator=g)
+        self.y = torch.randint(0, n_out, (n,), generator=g)
+        if ignored_every:
+            self.y[::ignored_every] = -100  # unequal item counts per micro-batch
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"x": self.x[i], "labels": self.y[i]}
+
+
+class InOrder:
+    """Mixin: feed the training set in order, so a reference loop can walk the same batches."""
+
+    def _get_train_sampler(self, train_dataset=None):
+        return SequentialSampler(train_dataset if train_dataset is not None else self.train_dataset)
+
+
+class SequentialTrainer(InOrder, Trainer):
+    pass
+
+
+class SequentialAMPTrainer(InOrder, AMPMixin, Trainer):
+    pass
+
+
+def tiny_args(output_dir, **overrides) -> AMPTrainingArguments:
+    """SGD at a constant rate, no clipping, no saving, no reporting: every update is easy to replay."""
+    settings = dict(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=4,
+        max_steps=3,
+        learning_rate=0.1,
+        optim="sgd",
+        lr_scheduler_type="constant",
+        weight_decay=0.0,
+        max_grad_norm=0.0,
+        report_to="none",
+        use_cpu=True,
+        save_strategy="no",
+        logging_steps=1,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        seed=0,
+    )
+    settings.update(overrides)
+    return AMPTrainingArguments(**settings)
+
+
+def params_of(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+# ---------------------------------------------------------------------------------------------- the reference
+def reference_amp(
+    model: nn.Module,
+    dataset: DictDataset,
+    *,
+    steps: int,
+    batch_size: int,
+    grad_accum: int = 1,
+    lr: float = 0.1,
+    epsilon: float = 0.5,
+    inner_lr: float = 1.0,
+    inner_steps: int = 1,
+    norm: str = "tensor",
+    max_grad_norm: float = 0.0,
+    token_normalised: bool = False,
+    perturb: Callable[[str], bool] = lambda name: True,
+) -> nn.Module:
+    """amp-spec.md written out with plain loops: no amp_hf code, no Trainer."""
+    model = copy.deepcopy(model)
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad and perturb(n)]
+    params = [p for _, p in named]
+
+    def batch(i: int) -> dict[str, torch.Tensor]:
+        return {"x": dataset.x[i * batch_size : (i + 1) * batch_size], "labels": dataset.y[i * batch_size : (i + 1) * batch_size]}
+
+    def mean_loss(b) -> torch.Tensor:
+        return model(**b)["loss"]
+
+    micro = 0
+    for _ in range(steps):
+        window = [batch(micro + j) for j in range(grad_accum)]
+        window_items = sum(int((b["labels"] != -100).sum()) for b in window)
+        micro += grad_accum
+        opt.zero_grad()
+        for b in window:
+            theta = [p.detach().clone() for p in params]
+            g = torch.autograd.grad(mean_loss(b), params)
+            delta = [torch.zeros_like(p) for p in params]
+            for k in range(inner_steps):
+                delta = [d + inner_lr * gi for d, gi in zip(delta, g)]
+                norms = [float(d.norm()) for d in delta]
+                if norm == "tensor":
+                    delta = [d * (epsilon / (n + 1e-12)) if n > epsilon else d for d, n in zip(delta, norms)]
+                else:
+                    total = sum(n * n for n in norms) ** 0.5
+                    if total > epsilon:
+                        delta = [d * (epsilon / (total + 1e-12)) for d in delta]
+                with torch.no_grad():
+                    for p, t, d in zip(params, theta, delta):
+                        p.copy_(t + d)
+                if k < inner_steps - 1:
+                    g = torch.autograd.grad(mean_loss(b), params)
+            if token_normalised:
+                logits = model(x=b["x"])["logits"]
+                loss = nn.functional.cross_entropy(logits, b["labels"], ignore_index=-100, reduction="sum")
+                (loss / window_items).backward()
+            else:
+                (mean_loss(b) / grad_accum).backward()
+            with torch.no_grad():
+                for p, t in zip(params, theta):
+                    p.copy_(t)
+        if max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+        opt.step()
+    return model
+
+
+def assert_params_close(a: nn.Module, b: nn.Module, names: Sequence[str] | None = None, atol: float = 2e-6) -> None:
+    pa, pb = dict(a.named_parameters()), dict(b.named_parameters())
+    for name in names or pa:
+        torch.testing.assert_close(pa[name], pb[name], atol=atol, rtol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def assert_params_equal(a: nn.Module, b: nn.Module) -> None:
+    for (name, x), (_, y) in zip(a.named_parameters(), b.named_parameters()):
+        assert torch.equal(x, y), f"{name} differs"

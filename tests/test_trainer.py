@@ -1,0 +1,368 @@
+"""AMPTrainer against an independent implementation of amp-spec.md, and against the plain Trainer."""
+
+from __future__ import annotations
+
+import logging
+from types import SimpleNamespace
+
+import pytest
+import torch
+from helpers import (
+    DictDataset,
+    SequentialAMPTrainer,
+    SequentialTrainer,
+    TinyClassifier,
+    TokenNormalisedClassifier,
+    assert_params_close,
+    assert_params_equal,
+    params_of,
+    reference_amp,
+    tiny_args,
+)
+from torch import nn
+from transformers import Trainer, TrainingArguments
+
+from amp_hf import AMPMixin, AMPTrainer
+
+
+def train(trainer_cls, model, tmp_path, dataset=None, **overrides):
+    trainer = trainer_cls(model=model, args=tiny_args(tmp_path, **overrides), train_dataset=dataset or DictDataset())
+    trainer.train()
+    return trainer
+
+
+# ------------------------------------------------------------------------------------------ exactly the spec
+@pytest.mark.parametrize(
+    ("norm", "inner_steps", "epsilon", "grad_accum"),
+    [
+        ("tensor", 1, 0.5, 1),  # the defaults
+        ("tensor", 1, 0.05, 2),  # projection binds; accumulation
+        ("tensor", 3, 0.05, 2),
+        ("global", 1, 0.05, 1),
+        ("global", 3, 0.05, 2),
+    ],
+)
+def test_matches_reference_implementation(tmp_path, norm, inner_steps, epsilon, grad_accum):
+    model, data = TinyClassifier(), DictDataset()
+    trainer = train(
+        SequentialAMPTrainer,
+        model,
+        tmp_path,
+        data,
+        amp_norm=norm,
+        amp_inner_steps=inner_steps,
+        amp_epsilon=epsilon,
+        amp_inner_lr=2.0,
+        gradient_accumulation_steps=grad_accum,
+        max_steps=3,
+    )
+    expected = reference_amp(
+        TinyClassifier(),
+        data,
+        steps=3,
+        batch_size=4,
+        grad_accum=grad_accum,
+        epsilon=epsilon,
+        inner_lr=2.0,
+        inner_steps=inner_steps,
+        norm=norm,
+    )
+    assert_params_close(trainer.model, expected)
+    # ...and AMP really moved the weights away from plain ERM: the comparison is not vacuous.
+    erm = reference_amp(TinyClassifier(), data, steps=3, batch_size=4, grad_accum=grad_accum, epsilon=0.0)
+    assert max((a - b).abs().max() for a, b in zip(expected.parameters(), erm.parameters())) > 1e-4
+
+
+def test_projection_binds_in_the_reference_comparison(tmp_path):
+    trainer = train(SequentialAMPTrainer, TinyClassifier(), tmp_path, amp_epsilon=0.05, amp_norm="global")
+    norms = [e["amp_delta_norm"] for e in trainer.state.log_history if "amp_delta_norm" in e]
+    assert norms and all(n == pytest.approx(0.05, rel=1e-5) for n in norms)
+
+
+def test_default_settings_with_clipping_match_reference(tmp_path):
+    model, data = TinyClassifier(), DictDataset()
+    trainer = train(SequentialAMPTrainer, model, tmp_path, data, max_grad_norm=0.5, max_steps=4)
+    expected = reference_amp(TinyClassifier(), data, steps=4, batch_size=4, max_grad_norm=0.5)
+    assert_params_close(trainer.model, expected)
+
+
+def test_token_normalised_loss_does_not_change_the_ascent(tmp_path):
+    """num_items_in_batch normalises the descent pass only; the ascent uses each micro-batch's own mean loss."""
+    data = DictDataset(ignored_every=3)
+    trainer = train(
+        SequentialAMPTrainer,
+        TokenNormalisedClassifier(),
+        tmp_path,
+        data,
+        gradient_accumulation_steps=2,
+        amp_epsilon=0.05,
+    )
+    assert trainer.model_accepts_loss_kwargs
+    expected = reference_amp(
+        TokenNormalisedClassifier(), data, steps=3, batch_size=4, grad_accum=2, epsilon=0.05, token_normalised=True
+    )
+    assert_params_close(trainer.model, expected)
+
+
+@pytest.mark.parametrize("model_cls", [TinyClassifier, TokenNormalisedClassifier])
+def test_logged_loss_is_the_clean_loss_on_the_trainer_scale(tmp_path, model_cls):
+    """On the first step both runs sit at the same θ: AMP's `loss` must equal the plain Trainer's."""
+    data = DictDataset(ignored_every=3)
+    common = dict(gradient_accumulation_steps=2, max_steps=1)
+    amp = train(SequentialAMPTrainer, model_cls(), tmp_path / "amp", data, **common)
+    erm = train(SequentialTrainer, model_cls(), tmp_path / "erm", data, **common)
+    assert amp.state.log_history[0]["loss"] == pytest.approx(erm.state.log_history[0]["loss"], rel=1e-6)
+    assert amp.state.log_history[0]["amp_loss"] > amp.state.log_history[0]["loss"]
+
+
+# --------------------------------------------------------------------------------------------- AMP off
+@pytest.mark.parametrize("off", [{"amp_inner_steps": 0}, {"amp_epsilon": 0.0}])
+def test_amp_off_is_the_plain_trainer_bit_for_bit(tmp_path, off):
+    calls = []
+
+    class Counting(AMPTrainer):
+        def compute_loss(self, *args, **kwargs):
+            calls.append(1)
+            return super().compute_loss(*args, **kwargs)
+
+    amp = train(Counting, TinyClassifier(), tmp_path / "amp", gradient_accumulation_steps=2, **off)
+    erm = train(Trainer, TinyClassifier(), tmp_path / "erm", gradient_accumulation_steps=2)
+    assert_params_equal(amp.model, erm.model)
+    assert len(calls) == 3 * 2  # one pass per micro-batch: no extra pass at all
+    assert not any("amp_loss" in e for e in amp.state.log_history)
+
+
+def test_interval_and_start_step_choose_the_amp_steps(tmp_path):
+    passes_per_step = []
+
+    class Counting(AMPTrainer):
+        def training_step(self, *args, **kwargs):
+            passes_per_step.append(0)
+            return super().training_step(*args, **kwargs)
+
+        def compute_loss(self, *args, **kwargs):
+            passes_per_step[-1] += 1
+            return super().compute_loss(*args, **kwargs)
+
+    train(Counting, TinyClassifier(), tmp_path, max_steps=7, amp_interval=2, amp_start_step=2, amp_inner_steps=2)
+    # steps 0, 1: ERM (before start); then AMP on 2, 4, 6 with K + 1 = 3 passes; ERM on 3, 5.
+    assert passes_per_step == [1, 1, 3, 1, 3, 1, 3]
+
+
+# --------------------------------------------------------------------------------------- exact restore
+def test_exception_in_descent_pass_leaves_weights_intact(tmp_path):
+    class FailingDescent(AMPTrainer):
+        calls = 0
+
+        def compute_loss(self, model, inputs, *args, **kwargs):
+            FailingDescent.calls += 1
+            if FailingDescent.calls == 2:  # pass 1 is the clean ascent, pass 2 the descent at θ + Δ
+                raise RuntimeError("boom in the descent pass")
+            return super().compute_loss(model, inputs, *args, **kwargs)
+
+    model = TinyClassifier()
+    before = params_of(model)
+    trainer = FailingDescent(model=model, args=tiny_args(tmp_path), train_dataset=DictDataset())
+    with pytest.raises(RuntimeError, match="boom"):
+        trainer.train()
+    for name, p in model.named_parameters():
+        assert torch.equal(p, before[name]), name
+
+
+def test_exception_in_intermediate_ascent_leaves_weights_intact(tmp_path):
+    class FailingAscent(AMPTrainer):
+        calls = 0
+
+        def compute_loss(self, model, inputs, *args, **kwargs):
+            FailingAscent.calls += 1
+            if FailingAscent.calls == 2:  # with K = 3, pass 2 is an ascent pass at θ + Δ₁
+                raise RuntimeError("boom in the ascent")
+            return super().compute_loss(model, inputs, *args, **kwargs)
+
+    model = TinyClassifier()
+    before = params_of(model)
+    trainer = FailingAscent(model=model, args=tiny_args(tmp_path, amp_inner_steps=3), train_dataset=DictDataset())
+    with pytest.raises(RuntimeError, match="boom"):
+        trainer.train()
+    for name, p in model.named_parameters():
+        assert torch.equal(p, before[name]), name
+
+
+# ----------------------------------------------------------------------------------------- non-finite
+def test_non_finite_ascent_trains_unperturbed_and_is_counted(tmp_path):
+    class PoisonedAscent(AMPTrainer):
+        """The clean (ascent) pass of the first micro-batch returns NaN; the descent pass is untouched."""
+
+        calls = 0
+
+        def compute_loss(self, model, inputs, *args, **kwargs):
+            loss = super().compute_loss(model, inputs, *args, **kwargs)
+            PoisonedAscent.calls += 1
+            return loss * float("nan") if PoisonedAscent.calls == 1 else loss
+
+    data = DictDataset()
+    amp = train(PoisonedAscent, TinyClassifier(), tmp_path / "amp", data, max_steps=1)
+    erm = train(Trainer, TinyClassifier(), tmp_path / "erm", data, max_steps=1)
+    assert_params_equal(amp.model, erm.model)  # the skipped step is exactly the ERM step
+    assert all(torch.isfinite(p).all() for p in amp.model.parameters())
+    assert amp.state.log_history[0]["amp_skipped"] == 1
+
+
+def test_fp16_ascent_is_unscaled_and_overflow_is_skipped(tmp_path):
+    """A GradScaler scales the descent's .grad, never the ascent: Δ must not depend on the loss scale."""
+    batch = {"x": torch.randn(4, 6), "labels": torch.tensor([0, 1, 2, 0])}
+
+    def one_step(scale):
+        trainer = AMPTrainer(model=TinyClassifier(), args=tiny_args(tmp_path), train_dataset=DictDataset())
+        trainer.current_gradient_accumulation_steps = 1  # set by train(); here we call one step by hand
+        if scale is not None:
+            trainer.accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=scale)
+        loss = trainer.training_step(trainer.model, dict(batch))
+        grads = [p.grad.clone() for p in trainer.model.parameters()]
+        return trainer, loss, grads
+
+    plain, loss, grads = one_step(None)
+    scaled, scaled_loss, scaled_grads = one_step(2.0**12)
+    torch.testing.assert_close(scaled_loss, loss)
+    for g, sg in zip(grads, scaled_grads):
+        torch.testing.assert_close(sg / 2.0**12, g)  # same Δ, hence the same descent gradient, times the scale
+    torch.testing.assert_close(scaled._amp_window, plain._amp_window)
+
+    overflow, _, _ = one_step(float("inf"))
+    assert overflow._amp_window[4] == 1  # counted as skipped
+    assert all(torch.isfinite(p).all() for p in overflow.model.parameters())
+
+
+# ------------------------------------------------------------------------------------------- BatchNorm
+def test_batchnorm_running_stats_update_once_per_micro_batch(tmp_path):
+    data = DictDataset()
+    model = TinyClassifier(batchnorm=True)
+    expected = TinyClassifier(batchnorm=True)
+    expected.train()
+    with torch.no_grad():
+        expected(x=data.x[:4])  # one clean forward at θ: the only update plain training makes on step 0
+    train(SequentialAMPTrainer, model, tmp_path, data, max_steps=1)
+    assert int(model.norm.num_batches_tracked) == 1
+    torch.testing.assert_close(model.norm.running_mean, expected.norm.running_mean)
+    torch.testing.assert_close(model.norm.running_var, expected.norm.running_var)
+
+
+# -------------------------------------------------------------------------------- which tensors move
+def test_frozen_and_excluded_parameters_are_not_perturbed(tmp_path):
+    seen_in_descent = {}
+
+    class Spy(AMPTrainer):
+        calls = 0
+
+        def compute_loss(self, model, inputs, *args, **kwargs):
+            Spy.calls += 1
+            if Spy.calls == 2:  # the descent pass of the first micro-batch: weights are at θ + Δ
+                seen_in_descent.update(params_of(model))
+            return super().compute_loss(model, inputs, *args, **kwargs)
+
+    model = TinyClassifier()
+    model.fc1.weight.requires_grad_(False)
+    theta = params_of(model)
+    trainer = train(Spy, model, tmp_path, max_steps=1, amp_exclude=[r"\.bias$"])
+    assert [n for n, _ in trainer.amp_parameters(model)] == ["fc2.weight"]
+    assert torch.equal(seen_in_descent["fc1.weight"], theta["fc1.weight"])  # frozen
+    assert torch.equal(seen_in_descent["fc1.bias"], theta["fc1.bias"])  # excluded
+    assert torch.equal(seen_in_descent["fc2.bias"], theta["fc2.bias"])  # excluded
+    assert not torch.equal(seen_in_descent["fc2.weight"], theta["fc2.weight"])  # perturbed
+    assert torch.equal(model.fc1.weight, theta["fc1.weight"])  # and the frozen one never trained
+
+
+def test_reference_with_exclusion(tmp_path):
+    data = DictDataset()
+    trainer = train(SequentialAMPTrainer, TinyClassifier(), tmp_path, data, amp_exclude=["bias"], amp_epsilon=0.05)
+    expected = reference_amp(
+        TinyClassifier(), data, steps=3, batch_size=4, epsilon=0.05, perturb=lambda n: "bias" not in n
+    )
+    assert_params_close(trainer.model, expected)
+
+
+# ---------------------------------------------------------------------------------------------- logging
+def test_logged_metrics_reach_log_history_and_callbacks(tmp_path):
+    from transformers import TrainerCallback
+
+    seen = []
+
+    class Recorder(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            seen.append(dict(logs or {}))
+
+    trainer = AMPTrainer(
+        model=TinyClassifier(),
+        args=tiny_args(tmp_path, max_steps=4, logging_steps=2, gradient_accumulation_steps=2),
+        train_dataset=DictDataset(),
+        callbacks=[Recorder()],
+    )
+    trainer.train()
+    train_logs = [e for e in trainer.state.log_history if "loss" in e]
+    assert len(train_logs) == 2
+    for entry in train_logs:
+        assert {"loss", "amp_loss", "amp_delta_norm", "amp_skipped"} <= entry.keys()
+        assert entry["amp_skipped"] == 0
+        assert 0 < entry["amp_delta_norm"] <= 0.5 * len(list(trainer.model.parameters())) ** 0.5
+        assert entry["amp_loss"] > entry["loss"]  # the ascent went uphill
+    assert any("amp_loss" in logs for logs in seen)
+
+
+# ----------------------------------------------------------------------------------- Trainer's loss path
+def test_label_smoother_and_compute_loss_func_go_through_the_trainer_path(tmp_path):
+    data = DictDataset()
+
+    def custom_loss(outputs, labels, num_items_in_batch=None):
+        return nn.functional.cross_entropy(outputs["logits"], labels) * 2.0
+
+    for extra in ({"label_smoothing_factor": 0.1}, {}):
+        kwargs = {} if extra else {"compute_loss_func": custom_loss}
+        args_amp = tiny_args(tmp_path / "a", max_steps=1, **extra)
+        args_erm = tiny_args(tmp_path / "e", max_steps=1, **extra)
+        models = [TinyClassifier(), TinyClassifier()]
+        for model in models:
+            model.config = SimpleNamespace()  # the label smoother looks at model.config
+        amp = SequentialAMPTrainer(model=models[0], args=args_amp, train_dataset=data, **kwargs)
+        erm = SequentialTrainer(model=models[1], args=args_erm, train_dataset=data, **kwargs)
+        amp.train()
+        erm.train()
+        # the same loss function in the clean pass: same reported loss at the shared starting point
+        assert amp.state.log_history[0]["loss"] == pytest.approx(erm.state.log_history[0]["loss"], rel=1e-6)
+
+
+def test_plain_training_arguments_use_the_defaults_and_say_so(tmp_path, caplog):
+    args = TrainingArguments(
+        output_dir=str(tmp_path), max_steps=2, use_cpu=True, report_to="none", logging_steps=1, save_strategy="no"
+    )
+    with caplog.at_level(logging.WARNING, logger="amp_hf.trainer"):
+        trainer = AMPTrainer(model=TinyClassifier(), args=args, train_dataset=DictDataset())
+    assert sum("using the AMP defaults" in r.getMessage() for r in caplog.records) == 1
+    assert trainer.amp_config.epsilon == 0.5 and trainer.amp_config.norm == "tensor"
+    trainer.train()
+    assert "amp_loss" in trainer.state.log_history[0]
+
+
+# --------------------------------------------------------------------------------- refused back-ends
+@pytest.mark.parametrize("flag", ["is_deepspeed_enabled", "is_fsdp_enabled"])
+def test_unsupported_backends_are_refused_at_construction(tmp_path, flag):
+    class PretendBackend(Trainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            setattr(self, flag, True)
+
+    class AMPOnPretendBackend(AMPMixin, PretendBackend):
+        pass
+
+    with pytest.raises(ValueError, match="does not support"):
+        AMPOnPretendBackend(model=TinyClassifier(), args=tiny_args(tmp_path), train_dataset=DictDataset())
+    # AMP off is the plain Trainer and is allowed anywhere
+    AMPOnPretendBackend(model=TinyClassifier(), args=tiny_args(tmp_path, amp_epsilon=0.0), train_dataset=DictDataset())
+
+
+def test_bad_arguments_changed_after_construction_fail_before_training(tmp_path):
+    trainer = AMPTrainer(model=TinyClassifier(), args=tiny_args(tmp_path), train_dataset=DictDataset())
+    trainer.args.amp_norm = "l2"
+    before = params_of(trainer.model)
+    with pytest.raises(ValueError, match="amp_norm"):
+        trainer.train()
+    assert all(torch.equal(p, before[n]) for n, p in trainer.model.named_parameters())
