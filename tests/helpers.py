@@ -8,9 +8,9 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 from torch.utils.data import Dataset, SequentialSampler
+from transformers import Trainer
 
 from amp_hf import AMPMixin, AMPTrainingArguments
-from transformers import Trainer
 
 
 class TinyClassifier(nn.Module):
@@ -128,7 +128,8 @@ def reference_amp(
     params = [p for _, p in named]
 
     def batch(i: int) -> dict[str, torch.Tensor]:
-        return {"x": dataset.x[i * batch_size : (i + 1) * batch_size], "labels": dataset.y[i * batch_size : (i + 1) * batch_size]}
+        rows = slice(i * batch_size, (i + 1) * batch_size)
+        return {"x": dataset.x[rows], "labels": dataset.y[rows]}
 
     def mean_loss(b) -> torch.Tensor:
         return model(**b)["loss"]
