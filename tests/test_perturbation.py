@@ -1,0 +1,98 @@
+"""The AMP inner maximisation on its own: projection, exact restore, non-finite handling."""
+
+import pytest
+import torch
+
+from amp_hf import AMPConfig, perturbed_weights, project_
+
+
+def quadratic_gradient(params, targets):
+    """L(θ) = Σ ½‖θ_p − t_p‖², so ∇L = θ − t: the ascent is known in closed form."""
+
+    def fn():
+        loss = sum(0.5 * ((p - t) ** 2).sum() for p, t in zip(params, targets))
+        return loss.detach(), torch.autograd.grad(loss, params)
+
+    return fn
+
+
+def test_per_tensor_projection_clips_each_tensor_to_its_own_ball():
+    deltas = [torch.tensor([3.0, 4.0]), torch.tensor([0.1, 0.0])]
+    norms = project_(deltas, epsilon=1.0, norm="tensor")
+    torch.testing.assert_close(deltas[0], torch.tensor([0.6, 0.8]))
+    torch.testing.assert_close(deltas[1], torch.tensor([0.1, 0.0]))  # inside the ball: untouched
+    torch.testing.assert_close(norms, torch.tensor([1.0, 0.1]))
+
+
+def test_global_projection_scales_every_tensor_by_one_factor():
+    deltas = [torch.tensor([3.0, 0.0]), torch.tensor([0.0, 4.0])]
+    norms = project_(deltas, epsilon=1.0, norm="global")
+    torch.testing.assert_close(deltas[0], torch.tensor([0.6, 0.0]))
+    torch.testing.assert_close(deltas[1], torch.tensor([0.0, 0.8]))
+    torch.testing.assert_close(torch.linalg.vector_norm(norms), torch.tensor(1.0))
+
+
+def test_inside_the_block_the_weights_sit_at_theta_plus_delta():
+    p = torch.nn.Parameter(torch.tensor([1.0, 1.0]))
+    q = torch.nn.Parameter(torch.tensor([0.0, 2.0]))
+    fn = quadratic_gradient([p, q], [torch.zeros(2), torch.zeros(2)])
+    config = AMPConfig(epsilon=10.0, inner_lr=0.5, inner_steps=2)
+    with perturbed_weights([p, q], fn, config) as result:
+        # Δ₁ = ½θ; at θ + Δ₁ = 1.5θ the gradient is 1.5θ, so Δ₂ = ½θ + ¾θ = 1.25θ and the weights are 2.25θ.
+        torch.testing.assert_close(p.detach(), torch.tensor([2.25, 2.25]))
+        torch.testing.assert_close(q.detach(), torch.tensor([0.0, 4.5]))
+    assert result.clean_loss == pytest.approx(0.5 * (1 + 1 + 4))
+    assert float(result.delta_norm) == pytest.approx(1.25 * (2 + 4) ** 0.5)
+    torch.testing.assert_close(p.detach(), torch.tensor([1.0, 1.0]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_restore_is_bit_exact(dtype):
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter((torch.randn(64, 33) * 3).to(dtype)) for _ in range(3)]
+    before = [p.detach().clone() for p in params]
+    fn = quadratic_gradient(params, [torch.randn(64, 33).to(dtype) for _ in params])
+    with perturbed_weights(params, fn, AMPConfig(epsilon=0.37, inner_lr=0.9, inner_steps=3)):
+        deltas = [p.detach() - b for p, b in zip(params, before)]
+        assert all(d.abs().max() > 0 for d in deltas)
+    for p, b in zip(params, before):
+        assert torch.equal(p, b)
+    if dtype == torch.bfloat16:  # why a saved copy is needed: θ + Δ − Δ is not θ in bfloat16
+        roundtrip = [(b + d) - d for b, d in zip(before, deltas)]
+        assert any(not torch.equal(r, b) for r, b in zip(roundtrip, before))
+
+
+def test_an_exception_inside_the_block_still_restores():
+    p = torch.nn.Parameter(torch.ones(3))
+    fn = quadratic_gradient([p], [torch.zeros(3)])
+    with pytest.raises(KeyError), perturbed_weights([p], fn, AMPConfig()):
+        assert not torch.equal(p.detach(), torch.ones(3))
+        raise KeyError("descent failed")
+    assert torch.equal(p.detach(), torch.ones(3))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("at_step", [0, 1])
+def test_non_finite_gradient_skips_the_perturbation(bad, at_step):
+    p = torch.nn.Parameter(torch.ones(3))
+    calls = []
+
+    def fn():
+        calls.append(1)
+        grad = torch.full((3,), bad) if len(calls) == at_step + 1 else torch.ones(3)
+        return torch.tensor(1.0), [grad]
+
+    with perturbed_weights([p], fn, AMPConfig(inner_steps=2)) as result:
+        assert torch.equal(p.detach(), torch.ones(3))  # trained at θ, unperturbed
+    assert result.skipped and float(result.delta_norm) == 0.0
+
+
+def test_disabled_config_or_no_parameters_never_calls_the_gradient():
+    def fn():
+        raise AssertionError("no pass expected")
+
+    p = torch.nn.Parameter(torch.ones(2))
+    with perturbed_weights([p], fn, AMPConfig(inner_steps=0)) as result:
+        assert result.clean_loss is None
+    with perturbed_weights([], fn, AMPConfig()):
+        pass
