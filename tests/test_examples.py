@@ -1,0 +1,100 @@
+"""The example scripts end to end, offline, on small slices of their real default model and data."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+sys.path.insert(0, str(EXAMPLES))
+
+import image_classification  # noqa: E402
+import text_classification  # noqa: E402
+
+FAST = "--use_cpu --report_to none --save_strategy no --disable_tqdm true --logging_steps 1 --max_steps 2".split()
+TINY_VIT = "--vit_hidden_size 32 --vit_num_layers 1 --vit_num_heads 2 --per_device_train_batch_size 16".split()
+
+
+def amp_logs(trainer) -> list[dict]:
+    return [e for e in trainer.state.log_history if "amp_loss" in e]
+
+
+def test_text_example_on_minilm_and_rotten_tomatoes(tmp_path):
+    argv = ["--output_dir", str(tmp_path), "--max_train_samples", "32", "--max_eval_samples", "16"]
+    trainer, test = text_classification.main(argv + FAST + ["--per_device_train_batch_size", "8"])
+    assert type(trainer.model).__name__ == "BertForSequenceClassification"
+    assert trainer.model.config.id2label == {0: "rotten", 1: "fresh"}
+    assert trainer.model.config.num_hidden_layers == 6  # the real pretrained MiniLM-L6, not a stand-in
+    saved = json.loads((tmp_path / "test_results.json").read_text())
+    assert {"test_accuracy", "test_f1"} <= saved.keys() and saved["test_accuracy"] == test["test_accuracy"]
+    assert (tmp_path / "eval_results.json").exists()
+    assert len(amp_logs(trainer)) == 2 and all(e["amp_delta_norm"] > 0 for e in amp_logs(trainer))
+
+
+@pytest.mark.parametrize("model_type", ["vit", "resnet"])
+def test_image_example_on_fashion_mnist(tmp_path, model_type):
+    argv = ["--output_dir", str(tmp_path), "--max_train_samples", "64", "--max_eval_samples", "32"]
+    trainer, test = image_classification.main(argv + FAST + TINY_VIT + ["--model_type", model_type])
+    expected = {"vit": "ViTForImageClassification", "resnet": "ResNetForImageClassification"}[model_type]
+    assert type(trainer.model).__name__ == expected
+    assert trainer.model.config.num_labels == 10
+    assert json.loads((tmp_path / "test_results.json").read_text())["test_accuracy"] == test["test_accuracy"]
+    assert len(amp_logs(trainer)) == 2
+
+
+def test_erm_switch_trains_with_the_plain_trainer(tmp_path):
+    argv = ["--output_dir", str(tmp_path), "--max_train_samples", "32", "--max_eval_samples", "16", "--erm"]
+    trainer, _ = image_classification.main(argv + FAST + TINY_VIT)
+    assert type(trainer).__name__ == "Trainer"
+    assert not amp_logs(trainer)
+
+
+def test_text_example_on_user_csv_files(tmp_path):
+    lines = [f"review number {i} was {'good' if i % 2 else 'bad'},{i % 2}" for i in range(24)]
+    rows = "sentence,sentiment\n" + "\n".join(lines) + "\n"
+    (tmp_path / "train.csv").write_text(rows)
+    (tmp_path / "val.csv").write_text(rows)
+    argv = ["--output_dir", str(tmp_path / "out"), "--train_file", str(tmp_path / "train.csv")]
+    argv += ["--validation_file", str(tmp_path / "val.csv"), "--text_column", "sentence", "--label_column", "sentiment"]
+    trainer, test = text_classification.main(argv + FAST + ["--test_fraction", "0.25"])
+    assert test["test_accuracy"] >= 0 and len(amp_logs(trainer)) == 2
+
+
+def test_data_file_without_the_columns_names_found_and_wanted(tmp_path):
+    (tmp_path / "train.json").write_text('{"review": "fine", "stars": 1}\n{"review": "bad", "stars": 0}\n')
+    argv = ["--output_dir", str(tmp_path), "--train_file", str(tmp_path / "train.json")] + FAST
+    with pytest.raises(ValueError, match=r"found \['review', 'stars'\], wanted \['text', 'label'\]"):
+        text_classification.main(argv)
+
+
+def test_unknown_model_and_dataset_say_so(tmp_path):
+    argv = ["--output_dir", str(tmp_path), "--max_train_samples", "8"] + FAST
+    with pytest.raises(ValueError, match=r"--model_name_or_path 'no/such-model' is neither a local model folder"):
+        text_classification.main([*argv, "--model_name_or_path", "no/such-model"])
+    with pytest.raises(ValueError, match=r"--dataset_name 'no/such-dataset' could not be loaded"):
+        image_classification.main([*argv, "--dataset_name", "no/such-dataset"])
+
+
+def test_missing_offline_asset_names_the_package(tmp_path, monkeypatch):
+    monkeypatch.setattr(image_classification, "FASHION_MNIST_DIR", str(tmp_path / "absent"))
+    with pytest.raises(RuntimeError, match="apt-get install dataset-fashion-mnist"):
+        image_classification.main(["--output_dir", str(tmp_path), *FAST])
+
+
+def test_image_example_with_two_processes(tmp_path):
+    """torchrun with two CPU processes (gloo): the script runs unchanged and AMP logs from the DDP run."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
+    cmd += [str(EXAMPLES / "image_classification.py"), "--output_dir", str(tmp_path), "--max_train_samples", "64"]
+    cmd += ["--max_eval_samples", "32", "--ddp_backend", "gloo", *FAST, *TINY_VIT]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("RESULT ") == 1  # printed by rank 0 only
+    state = json.loads((tmp_path / "trainer_state.json").read_text())
+    assert any("amp_loss" in e for e in state["log_history"])
+    assert state["global_step"] == 2
