@@ -67,7 +67,7 @@ def main() -> None:
         }
     print("\n=== amp_hf demo results (test split; run the scripts with --erm for the plain Trainer)")
     for name, row in results.items():
-        print(f"{name:48s} " + "  ".join(f"{k}={v}" for k, v in row.items()))
+        print(f"{name:56s} " + "  ".join(f"{k}={v}" for k, v in row.items()))
     os.makedirs(OUT, exist_ok=True)
     with open(os.path.join(OUT, "demo_results.json"), "w") as f:
         json.dump(results, f, indent=2)
