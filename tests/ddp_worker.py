@@ -1,0 +1,118 @@
+"""Run by `test_distributed.py` under `torchrun --nproc_per_node 2` (CPU, gloo). Exits non-zero on any failure.
+
+Checks, in one launch (a process launch costs ~10 s of imports):
+  1. two processes with batch b each give the weights of one process accumulating two micro-batches of b, each with
+     its own perturbation (the plain-PyTorch reference), and every rank ends bit-identical;
+  2. per optimizer step, AMP makes exactly as many gradient all-reduces and passes through the DDP wrapper (where
+     buffer broadcasts happen) as the plain Trainer: the ascent passes communicate nothing;
+  3. a token-normalised loss with `average_tokens_across_devices` does not change the ascent's scale.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+
+import torch
+import torch.distributed as dist
+from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+from torch.nn.parallel import DistributedDataParallel
+from transformers import TrainerCallback
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from helpers import (
+    DictDataset,
+    SequentialAMPTrainer,
+    SequentialTrainer,
+    TinyClassifier,
+    TokenNormalisedClassifier,
+    reference_amp,
+    tiny_args,
+)
+
+STEPS, BATCH = 3, 4
+counts = {"allreduce": 0, "ddp_forward": 0}
+
+
+class CountCommunication(TrainerCallback):
+    """Counts gradient all-reduces (a DDP comm hook) once the Trainer has wrapped the model."""
+
+    def __init__(self, trainer_ref: list) -> None:
+        self.trainer_ref = trainer_ref
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        wrapped = self.trainer_ref[0].model_wrapped
+        assert isinstance(wrapped, DistributedDataParallel), type(wrapped)
+
+        def hook(process_group, bucket):
+            counts["allreduce"] += 1
+            return allreduce_hook(process_group, bucket)
+
+        wrapped.register_comm_hook(None, hook)
+
+
+_ddp_forward = DistributedDataParallel.forward
+
+
+def counting_forward(self, *args, **kwargs):
+    counts["ddp_forward"] += 1
+    return _ddp_forward(self, *args, **kwargs)
+
+
+DistributedDataParallel.forward = counting_forward
+
+
+def run(trainer_cls, model, data, out, **overrides):
+    counts.update(allreduce=0, ddp_forward=0)
+    args = tiny_args(out, max_steps=STEPS, per_device_train_batch_size=BATCH, ddp_backend="gloo", **overrides)
+    ref: list = []
+    trainer = trainer_cls(model=model, args=args, train_dataset=data, callbacks=[CountCommunication(ref)])
+    ref.append(trainer)
+    trainer.train()
+    return trainer, dict(counts)
+
+
+def assert_ranks_identical(model) -> None:
+    for name, p in model.named_parameters():
+        gathered = [torch.empty_like(p) for _ in range(dist.get_world_size())]
+        dist.all_gather(gathered, p.detach().contiguous())
+        assert all(torch.equal(gathered[0], g) for g in gathered[1:]), f"{name} differs across ranks"
+
+
+def assert_close_to(model, expected, what: str) -> None:
+    for (name, a), (_, b) in zip(model.named_parameters(), expected.named_parameters()):
+        torch.testing.assert_close(a, b, atol=2e-6, rtol=1e-5, msg=lambda m, n=name: f"{what}, {n}: {m}")
+
+
+def main() -> None:
+    out = tempfile.mkdtemp()
+    data = DictDataset(n=64)
+
+    amp, amp_counts = run(SequentialAMPTrainer, TinyClassifier(), data, out, amp_epsilon=0.05)
+    assert dist.get_world_size() == 2 and amp.args.world_size == 2
+    expected = reference_amp(TinyClassifier(), data, steps=STEPS, batch_size=BATCH, grad_accum=2, epsilon=0.05)
+    assert_close_to(amp.model, expected, "2 processes vs 1 process accumulating 2 micro-batches")
+    assert_ranks_identical(amp.model)
+    print(f"rank {dist.get_rank()}: DDP == accumulated reference, ranks identical", flush=True)
+
+    _, erm_counts = run(SequentialTrainer, TinyClassifier(), data, out)
+    assert amp_counts == erm_counts, (amp_counts, erm_counts)
+    assert amp_counts["allreduce"] == STEPS and amp_counts["ddp_forward"] == STEPS, amp_counts
+    print(f"rank {dist.get_rank()}: communication per step AMP {amp_counts} == ERM {erm_counts}", flush=True)
+
+    tokens = DictDataset(n=64, ignored_every=3)
+    amp_tok, _ = run(SequentialAMPTrainer, TokenNormalisedClassifier(), tokens, out, amp_epsilon=0.05)
+    assert amp_tok.model_accepts_loss_kwargs and amp_tok.args.average_tokens_across_devices
+    expected_tok = reference_amp(
+        TokenNormalisedClassifier(), tokens, steps=STEPS, batch_size=BATCH, grad_accum=2, epsilon=0.05,
+        token_normalised=True,
+    )  # fmt: skip
+    assert_close_to(amp_tok.model, expected_tok, "token-normalised loss across devices")
+    assert_ranks_identical(amp_tok.model)
+    print(f"rank {dist.get_rank()}: token-normalised DDP == reference", flush=True)
+    print(f"rank {dist.get_rank()}: ALL OK", flush=True)
+
+
+if __name__ == "__main__":
+    main()
