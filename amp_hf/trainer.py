@@ -81,8 +81,12 @@ class AMPMixin:
         return super().train(*args, **kwargs)
 
     def amp_parameters(self, model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
-        """(name, parameter) of every tensor AMP perturbs: trainable, and not matched by `amp_exclude`."""
-        model = _without_ddp(model)
+        """(name, parameter) of every tensor AMP perturbs: trainable, and not matched by `amp_exclude`.
+
+        Names are those of the model itself, without the `module.` / `_orig_mod.` prefixes of DDP and torch.compile,
+        so `amp_exclude` patterns read the same however the run is launched.
+        """
+        model = self.accelerator.unwrap_model(model, keep_torch_compile=False)
         if self._amp_parameters_cache is None or self._amp_parameters_cache[0] != id(model):
             selected = [
                 (name, p)
@@ -133,7 +137,7 @@ class AMPMixin:
         """Mean loss of the micro-batch at the current weights, and its gradient; `.grad` is left alone."""
         inputs = self._prepare_inputs(inputs)  # a fresh shallow copy: compute_loss may pop "labels"
         with self.compute_loss_context_manager():
-            loss = self.compute_loss(model, inputs, num_items_in_batch=None)
+            loss = self._amp_ascent_loss(model, inputs)
         if loss.dim() > 0:  # nn.DataParallel returns one loss per device
             loss = loss.mean()
         scale = self._amp_loss_scale()
@@ -142,6 +146,13 @@ class AMPMixin:
         if scale is not None:
             torch._foreach_div_(grads, scale)  # an overflow stays inf and is caught as non-finite
         return loss.detach(), grads
+
+    def _amp_ascent_loss(self, model: torch.nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
+        """The micro-batch's own mean loss: `compute_loss` without `num_items_in_batch`.
+
+        Subclasses whose `compute_loss` has side effects (TRL's metrics and token counters) undo them here.
+        """
+        return self.compute_loss(model, inputs, num_items_in_batch=None)
 
     def _amp_loss_scale(self) -> float | None:
         """The fp16 GradScaler's current scale, read without `unscale_` (accelerate unscales once, when clipping)."""

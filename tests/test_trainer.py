@@ -233,6 +233,30 @@ def test_fp16_ascent_is_unscaled_and_overflow_is_skipped(tmp_path):
     assert all(torch.isfinite(p).all() for p in overflow.model.parameters())
 
 
+def test_fp16_grad_scaler_end_to_end(tmp_path):
+    """The whole step with a GradScaler in accelerate's path: scaler.step unscales the descent gradient and skips
+    overflowed steps. (On CPU accelerate makes no scaler, so one is put where accelerate keeps it, before train().)"""
+
+    def run(scale, **overrides):
+        trainer = SequentialAMPTrainer(
+            model=TinyClassifier(), args=tiny_args(tmp_path, amp_epsilon=0.05, **overrides), train_dataset=DictDataset()
+        )
+        if scale is not None:
+            trainer.accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=scale, growth_interval=1000)
+        trainer.train()
+        return trainer
+
+    plain, scaled = run(None), run(2.0**14)
+    assert scaled.accelerator.scaler.get_scale() == 2.0**14  # no overflow, no skipped step
+    assert_params_close(scaled.model, plain.model, atol=1e-7)  # power-of-two scaling is exact: same run
+
+    theta = params_of(TinyClassifier())
+    overflow = run(float("inf"), max_steps=1)
+    assert overflow.state.log_history[0]["amp_skipped"] == 1  # the ascent overflowed: counted, not applied
+    for name, p in overflow.model.named_parameters():  # and the scaler skipped the optimizer step
+        assert torch.equal(p, theta[name]), name
+
+
 # ------------------------------------------------------------------------------------------- BatchNorm
 def test_batchnorm_running_stats_update_once_per_micro_batch(tmp_path):
     data = DictDataset()
