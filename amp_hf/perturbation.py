@@ -16,6 +16,7 @@ Trainer, it is also what the sharpness tools use.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -49,7 +50,8 @@ def project_(deltas: list[torch.Tensor], epsilon: float, norm: str) -> torch.Ten
     Per tensor: if ‖Δ_p‖ > ε then Δ_p ← ε·Δ_p / (‖Δ_p‖ + 1e-12). Global: the same with ‖Δ‖ over all tensors, one
     factor for all. Factors are computed on the device, so no value travels to the host.
     """
-    norms = torch.stack(torch._foreach_norm(deltas, 2, dtype=torch.float32))
+    dtype = functools.reduce(torch.promote_types, (d.dtype for d in deltas), torch.float32)  # fp32 at least
+    norms = torch.stack(torch._foreach_norm(deltas, 2, dtype=dtype))
     reference = norms if norm == "tensor" else torch.linalg.vector_norm(norms).expand_as(norms)
     factors = torch.where(reference > epsilon, epsilon / (reference + PROJECTION_EPS), torch.ones_like(reference))
     torch._foreach_mul_(deltas, list(factors.unbind()))

@@ -24,6 +24,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, load_dataset
 from transformers import HfArgumentParser, Trainer, set_seed
 
 from amp_hf import AMPTrainer, AMPTrainingArguments
+from amp_hf.sharpness import SharpnessCallback
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,13 @@ class DataArguments:
     erm: bool = field(
         default=False,
         metadata={"help": "Train with the plain transformers.Trainer (ERM) instead of AMPTrainer, for comparison."},
+    )
+    sharpness: bool = field(
+        default=False,
+        metadata={
+            "help": "Measure flatness at every evaluation (amp_hf.sharpness.SharpnessCallback): logs "
+            "eval_sharpness_hessian (top Hessian eigenvalue) and eval_sharpness_amp (worst-case loss increase)."
+        },
     )
 
 
@@ -199,6 +207,7 @@ def run(script_args: DataArguments, training_args: AMPTrainingArguments, data: D
         args=training_args,
         train_dataset=data["train"],
         eval_dataset=data.get("validation"),
+        callbacks=[SharpnessCallback()] if script_args.sharpness else None,
         **trainer_kwargs,
     )
     logger.info(

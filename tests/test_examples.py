@@ -47,11 +47,13 @@ def test_image_example_on_fashion_mnist(tmp_path, model_type):
     assert len(amp_logs(trainer)) == 2
 
 
-def test_erm_switch_trains_with_the_plain_trainer(tmp_path):
+def test_erm_switch_trains_with_the_plain_trainer_and_sharpness_flag_measures(tmp_path):
     argv = ["--output_dir", str(tmp_path), "--max_train_samples", "32", "--max_eval_samples", "16", "--erm"]
-    trainer, _ = image_classification.main(argv + FAST + TINY_VIT)
+    trainer, _ = image_classification.main(argv + FAST + TINY_VIT + ["--sharpness"])
     assert type(trainer).__name__ == "Trainer"
     assert not amp_logs(trainer)
+    saved = json.loads((tmp_path / "eval_results.json").read_text())
+    assert saved["eval_sharpness_hessian"] > 0 and saved["eval_sharpness_amp"] > 0
 
 
 def test_text_example_on_user_csv_files(tmp_path):
