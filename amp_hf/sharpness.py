@@ -183,14 +183,20 @@ class SharpnessCallback(TrainerCallback):
 
     Measured on the first `num_batches` evaluation batches. The AMP radius and geometry default to the run's own
     `amp_*` arguments (the reference defaults for a plain `TrainingArguments`), so ERM and AMP runs compare.
-    The values go into the metrics `evaluate()` returns (and so `eval_results.json`) and into the evaluation's entry
-    of `state.log_history` (and so `trainer_state.json`).
+
+    The values always go into the metrics `evaluate()` returns (so `eval_results.json`) and into the evaluation's
+    entry of `state.log_history` (so `trainer_state.json`). A callback runs after the Trainer has already sent the
+    evaluation's log to the `report_to` backends; to send the values there too, give the callback its trainer:
+    `trainer.add_callback(SharpnessCallback(trainer=trainer))`, and they are logged through `trainer.log`.
     """
 
-    def __init__(self, num_batches: int = 2, hessian_iters: int = 10, epsilon: float | None = None) -> None:
+    def __init__(
+        self, num_batches: int = 2, hessian_iters: int = 10, epsilon: float | None = None, trainer: Any = None
+    ) -> None:
         self.num_batches = num_batches
         self.hessian_iters = hessian_iters
         self.epsilon = epsilon
+        self.trainer = trainer
 
     def on_evaluate(self, args, state, control, model=None, eval_dataloader=None, metrics=None, **kwargs):
         if model is None or eval_dataloader is None or metrics is None:
@@ -206,5 +212,7 @@ class SharpnessCallback(TrainerCallback):
             ),
         }  # fmt: skip
         metrics.update(values)
-        if state.log_history and state.log_history[-1].get("step") == state.global_step:
+        if self.trainer is not None:
+            self.trainer.log(dict(values))
+        elif state.log_history and state.log_history[-1].get("step") == state.global_step:
             state.log_history[-1].update(values)

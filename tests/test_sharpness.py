@@ -153,3 +153,24 @@ def test_callback_logs_sharpness_at_each_evaluation(tmp_path):
     # measuring changes nothing about training: same weights as a run without the callback
     without_cb = run([])
     assert all(torch.equal(a, b) for a, b in zip(with_cb.model.parameters(), without_cb.model.parameters()))
+
+
+def test_callback_with_its_trainer_logs_through_every_backend(tmp_path):
+    from transformers import TrainerCallback
+
+    reported = []
+
+    class Backend(TrainerCallback):  # stands for a report_to integration
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            reported.append(dict(logs or {}))
+
+    trainer = AMPTrainer(
+        model=TinyClassifier(),
+        args=tiny_args(tmp_path, max_steps=2, eval_strategy="steps", eval_steps=2),
+        train_dataset=DictDataset(),
+        eval_dataset=DictDataset(n=16, seed=5),
+        callbacks=[Backend()],
+    )
+    trainer.add_callback(SharpnessCallback(hessian_iters=3, trainer=trainer))
+    trainer.train()
+    assert any("eval_sharpness_hessian" in logs and "eval_sharpness_amp" in logs for logs in reported)
