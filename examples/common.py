@@ -207,9 +207,10 @@ def run(script_args: DataArguments, training_args: AMPTrainingArguments, data: D
         args=training_args,
         train_dataset=data["train"],
         eval_dataset=data.get("validation"),
-        callbacks=[SharpnessCallback()] if script_args.sharpness else None,
         **trainer_kwargs,
     )
+    if script_args.sharpness:
+        trainer.add_callback(SharpnessCallback(trainer=trainer))
     logger.info(
         "training %s with %s on %d examples", type(trainer.model).__name__, trainer_cls.__name__, len(data["train"])
     )
