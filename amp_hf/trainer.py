@@ -13,6 +13,7 @@ Per micro-batch, on an AMP step:
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -39,10 +40,7 @@ class AMPMixin:
         super().__init__(*args, **kwargs)
         self.amp_config = self._read_amp_config()
         self._amp_parameters_cache: tuple[int, list[tuple[str, torch.nn.Parameter]]] | None = None
-        # Running sums since the last log, on the device: [amp_loss, AMP optimizer steps, ‖Δ‖, perturbed micro-batches,
-        # skipped micro-batches]. Summed, not synced, per step; reduced across processes only when logging.
-        self._amp_window: torch.Tensor | None = None
-        self._amp_last_step: int | None = None
+        self._amp_window = _MetricsWindow()
 
     # ----------------------------------------------------------------------------------------------- configuration
     def _read_amp_config(self) -> AMPConfig:
@@ -76,8 +74,7 @@ class AMPMixin:
         # Arguments may have been edited since construction: validate again before any training starts.
         self.amp_config = self._read_amp_config()
         self._amp_parameters_cache = None
-        self._amp_window = None
-        self._amp_last_step = None
+        self._amp_window = _MetricsWindow()
         return super().train(*args, **kwargs)
 
     def amp_parameters(self, model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
@@ -197,31 +194,47 @@ class AMPMixin:
 
     # ---------------------------------------------------------------------------------------------------- logging
     def _amp_record(self, amp_loss: torch.Tensor, ascent: AscentResult) -> None:
-        new_step = self.state.global_step != self._amp_last_step
-        self._amp_last_step = self.state.global_step
-        perturbed = ascent.delta_norm is not None and not ascent.skipped
-        row = torch.stack(
-            [
-                amp_loss.detach().float().reshape(()),
-                torch.tensor(float(new_step), device=amp_loss.device),
-                (ascent.delta_norm if perturbed else torch.zeros((), device=amp_loss.device)).float(),
-                torch.tensor(float(perturbed), device=amp_loss.device),
-                torch.tensor(float(ascent.skipped), device=amp_loss.device),
-            ]
-        ).double()
-        self._amp_window = row if self._amp_window is None else self._amp_window + row
+        window = self._amp_window
+        if window.last_step != self.state.global_step:
+            window.last_step = self.state.global_step
+            window.steps += 1
+        window.loss_sum = window.loss_sum + amp_loss.detach().double().sum()
+        if ascent.skipped:
+            window.skipped += 1
+        elif ascent.delta_norm is not None:
+            window.delta_sum = window.delta_sum + ascent.delta_norm.double()
+            window.perturbed += 1
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         """Adds `amp_loss`, `amp_delta_norm` and `amp_skipped` to the training logs, averaged like `loss`."""
-        if "loss" in logs and self._amp_window is not None:
-            totals = self.accelerator.reduce(self._amp_window, reduction="sum").tolist()
-            self._amp_window = torch.zeros_like(self._amp_window)
-            loss_sum, steps, delta_sum, perturbed, skipped = totals
+        if "loss" in logs and self.amp_config.enabled:
+            # One reduction per log, on every process (all of them log together), like the Trainer's own `loss`.
+            window, self._amp_window = self._amp_window, _MetricsWindow()
+            device = self.args.device
+            counts = torch.tensor([window.steps, window.perturbed, window.skipped], dtype=torch.float64, device=device)
+            sums = torch.stack([torch.as_tensor(window.loss_sum), torch.as_tensor(window.delta_sum)]).to(device)
+            totals = self.accelerator.reduce(torch.cat([sums, counts]), reduction="sum").tolist()
+            loss_sum, delta_sum, steps, perturbed, skipped = totals
             if steps > 0:
                 logs["amp_loss"] = loss_sum / steps
                 logs["amp_delta_norm"] = delta_sum / perturbed if perturbed > 0 else 0.0
                 logs["amp_skipped"] = int(skipped)
         super().log(logs, *args, **kwargs)
+
+
+@dataclass
+class _MetricsWindow:
+    """AMP metrics since the last log. Sums of device values stay on the device (no host sync per step); counts the
+    host already knows are plain integers."""
+
+    loss_sum: torch.Tensor | float = 0.0
+    """Sum of the descent passes' losses, on the Trainer's scale (so per step it sums to a step's loss)."""
+    delta_sum: torch.Tensor | float = 0.0
+    steps: int = 0
+    """Optimizer steps with AMP: `amp_loss` is averaged over these, as `loss` is over all steps."""
+    perturbed: int = 0
+    skipped: int = 0
+    last_step: int | None = None
 
 
 def _without_ddp(model: torch.nn.Module) -> torch.nn.Module:
