@@ -58,10 +58,13 @@ def project_(deltas: list[torch.Tensor], epsilon: float, norm: str) -> torch.Ten
     return norms * factors
 
 
-def _set_weights_(params: Sequence[torch.Tensor], saved: Sequence[torch.Tensor], deltas: Sequence[torch.Tensor]):
-    """θ ← θ_saved + Δ, written into the parameters' own storage."""
+def _set_weights_(
+    params: Sequence[torch.Tensor], saved: Sequence[torch.Tensor], deltas: Sequence[torch.Tensor], at_theta: bool
+) -> None:
+    """θ ← θ_saved + Δ, written into the parameters' own storage (no copy needed while they still hold θ)."""
     with torch.no_grad():
-        torch._foreach_copy_(list(params), list(saved))
+        if not at_theta:
+            torch._foreach_copy_(list(params), list(saved))
         torch._foreach_add_(list(params), list(deltas))
 
 
@@ -107,7 +110,7 @@ def perturbed_weights(
                 result.skipped = True
                 result.delta_norm = torch.zeros((), device=norms.device)
                 break
-            _set_weights_(params, saved, deltas)
+            _set_weights_(params, saved, deltas, at_theta=step == 0)
             result.delta_norm = torch.linalg.vector_norm(norms)
         del deltas  # not needed by the descent pass: free it before the caller's backward
         yield result
