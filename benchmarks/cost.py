@@ -4,7 +4,8 @@ For each model, one process times, **interleaved** round by round (these machine
 ERM (the plain Trainer), AMP with K = 1 and K = 2, and AMP with K = 1 applied every 2nd and 4th step. Each step is
 what the Trainer's loop does: `training_step`, gradient clipping, `optimizer.step()`, `zero_grad()`. From the same run
 it times the parts — one forward/backward pass (`Trainer.training_step`) and one optimizer step — and so the ideal
-cost of each setting: (passes per step) × forward/backward + optimizer step. Reported: medians and ratios.
+cost of each setting: (passes per step) × forward/backward + optimizer step. Reported: median step times, and the
+medians of the round-by-round ratios to ERM and to the ideal.
 
 Peak memory is measured in fresh processes (the peak RSS of a process cannot be reset): ERM against AMP, after the
 same steps, as extra bytes in units of the model's parameter bytes.
@@ -132,8 +133,10 @@ def time_model(name: str, build, rounds: int) -> dict:
             samples[key].append(
                 timed(lambda t=trainer, c=cycle, r=r: [one_step(t, r * c + i) for i in range(c)]) / cycle
             )
-    medians = {key: statistics.median(values) for key, values in samples.items()}
-    fb, opt = medians["forward/backward"], medians["optimizer step"]
+    # Ratios are taken round by round (each setting against the ERM step of the same round), then the median: the
+    # machine's drift between rounds cancels. The ideal of a round: passes × (ERM step − optimizer step) + optimizer
+    # step, i.e. the ERM step's own forward/backward repeated, from the same round's parts.
+    erm_steps, opt_steps = samples["ERM"], samples["optimizer step"]
     rows = {}
     for key in SETTINGS:
         if key == "ERM":
@@ -141,13 +144,15 @@ def time_model(name: str, build, rounds: int) -> dict:
         else:
             k, n = trainers[key].amp_config.inner_steps, trainers[key].amp_config.interval
             passes = ((k + 1) + (n - 1)) / n  # passes per step, averaged over the interval's cycle
-        ideal = passes * fb + opt
+        ideal = [passes * (e - o) + o for e, o in zip(erm_steps, opt_steps)]
         rows[key] = {
-            "median_step_s": round(medians[key], 4),
-            "vs_erm": round(medians[key] / medians["ERM"], 3),
-            "ideal_s": round(ideal, 4),
-            "vs_ideal": round(medians[key] / ideal, 3),
+            "median_step_s": round(statistics.median(samples[key]), 4),
+            "passes_per_step": passes,
+            "vs_erm": round(statistics.median(a / e for a, e in zip(samples[key], erm_steps)), 3),
+            "vs_ideal": round(statistics.median(a / i for a, i in zip(samples[key], ideal)), 3),
         }
+    fb = statistics.median(samples["forward/backward"])
+    opt = statistics.median(opt_steps)
     print(f"\n{name}: forward/backward {fb:.4f} s, optimizer step {opt:.4f} s, {rounds} interleaved rounds")
     for key, row in rows.items():
         print(f"  {key:16s} " + "  ".join(f"{k}={v}" for k, v in row.items()))
