@@ -38,15 +38,16 @@ class AMPMixin:
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.amp_config = self._read_amp_config()
+        self.amp_config = self._read_amp_config(announce_defaults=True)
         self._amp_parameters_cache: tuple[int, list[tuple[str, torch.nn.Parameter]]] | None = None
         self._amp_window = _MetricsWindow()
 
     # ----------------------------------------------------------------------------------------------- configuration
-    def _read_amp_config(self) -> AMPConfig:
+    def _read_amp_config(self, announce_defaults: bool = False) -> AMPConfig:
+        """The validated settings of `self.args`; refuses the back-ends AMP cannot run on correctly."""
         config = AMPConfig.from_args(self.args)
         missing = AMPConfig.missing_from(self.args)
-        if missing and config.enabled:
+        if missing and config.enabled and announce_defaults:
             logger.warning(
                 "%s got %s without the AMP fields (%s); using the AMP defaults %s. Use AMPTrainingArguments (or "
                 "AMPArgumentsMixin) to set them.",

@@ -363,7 +363,9 @@ def test_plain_training_arguments_use_the_defaults_and_say_so(tmp_path, caplog):
         trainer = AMPTrainer(model=TinyClassifier(), args=args, train_dataset=DictDataset())
     assert sum("using the AMP defaults" in r.getMessage() for r in caplog.records) == 1
     assert trainer.amp_config.epsilon == 0.5 and trainer.amp_config.norm == "tensor"
-    trainer.train()
+    with caplog.at_level(logging.WARNING, logger="amp_hf.trainer"):
+        trainer.train()
+    assert sum("using the AMP defaults" in r.getMessage() for r in caplog.records) == 1  # once, not per train()
     assert "amp_loss" in trainer.state.log_history[0]
 
 
