@@ -129,18 +129,19 @@ def _with_splits(raw: DatasetDict, args: DataArguments) -> DatasetDict:
     seed = 42  # fixed, not the training seed: every run sees the same splits
     if "train" not in raw:
         raise ValueError(f"the data has no 'train' split; found the splits {sorted(raw)}")
+    held_out = 0.0
     if "validation" not in raw and args.validation_fraction > 0:
         parts = raw["train"].train_test_split(test_size=args.validation_fraction, seed=seed)
         raw["train"], raw["validation"] = parts["train"], parts["test"]
+        held_out = args.validation_fraction
     if "test" not in raw and args.test_fraction > 0:
-        share = args.test_fraction / (1 - args.validation_fraction)
+        share = args.test_fraction / (1 - held_out)  # a share of the original training data
         parts = raw["train"].train_test_split(test_size=share, seed=seed)
         raw["train"], raw["test"] = parts["train"], parts["test"]
-    for split, limit in (("train", args.max_train_samples), ("validation", args.max_eval_samples)):
+    limits = {"train": args.max_train_samples, "validation": args.max_eval_samples, "test": args.max_eval_samples}
+    for split, limit in limits.items():
         if limit is not None and split in raw:
             raw[split] = raw[split].select(range(min(limit, len(raw[split]))))
-    if args.max_eval_samples is not None and "test" in raw:
-        raw["test"] = raw["test"].select(range(min(args.max_eval_samples, len(raw["test"]))))
     return raw
 
 
