@@ -99,6 +99,15 @@ def tiny_args(output_dir, **overrides) -> AMPTrainingArguments:
     return AMPTrainingArguments(**settings)
 
 
+def free_port() -> int:
+    """A TCP port nobody listens on now, for a torchrun rendezvous (fixed ports collide between runs)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def params_of(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 
