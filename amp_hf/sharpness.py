@@ -75,6 +75,8 @@ def hessian_top_eigenvalue(
     (relative), or after `iters` iterations. Power iteration finds the eigenvalue of largest magnitude, which near a
     minimum is the largest one.
     """
+    if iters < 1 or tol < 0:
+        raise ValueError(f"hessian_top_eigenvalue needs iters >= 1 and tol >= 0, got iters={iters}, tol={tol}")
     batches = _materialise(batches)
     params = _params(model)
     generator = torch.Generator(device="cpu").manual_seed(seed)
