@@ -5,10 +5,11 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Sequence
 
+import datasets
 import torch
 from torch import nn
 from torch.utils.data import Dataset, SequentialSampler
-from transformers import Trainer
+from transformers import BertConfig, BertForSequenceClassification, Trainer
 
 from amp_hf import AMPMixin, AMPTrainingArguments
 
@@ -191,3 +192,37 @@ def assert_params_close(a: nn.Module, b: nn.Module, names: Sequence[str] | None 
 def assert_params_equal(a: nn.Module, b: nn.Module) -> None:
     for (name, x), (_, y) in zip(a.named_parameters(), b.named_parameters()):
         assert torch.equal(x, y), f"{name} differs"
+
+
+# ------------------------------------------------------------------------------ tiny Hugging Face models
+COMMON = dict(
+    use_cpu=True,
+    report_to="none",
+    disable_tqdm=True,
+    logging_steps=1,
+    per_device_train_batch_size=4,
+    learning_rate=1e-3,
+    seed=0,
+)
+
+
+def tiny_bert(dropout: float = 0.0) -> BertForSequenceClassification:
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=64,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+        num_labels=2,
+    )
+    return BertForSequenceClassification(config)
+
+
+def text_data(n: int = 32, length: int = 12) -> datasets.Dataset:
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, 64, (n, length), generator=g)
+    return datasets.Dataset.from_dict({"input_ids": ids.tolist(), "labels": (ids[:, 0] % 2).tolist()})

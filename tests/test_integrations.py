@@ -5,8 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 from datasets import Dataset
-from helpers import DictDataset, SequentialAMPTrainer, TinyClassifier, assert_params_close, reference_amp, tiny_args
-from test_trainer_hf_models import COMMON, text_data, tiny_bert
+from helpers import (
+    COMMON,
+    DictDataset,
+    SequentialAMPTrainer,
+    TinyClassifier,
+    assert_params_close,
+    reference_amp,
+    text_data,
+    tiny_args,
+    tiny_bert,
+)
 
 from amp_hf import AMPTrainer, AMPTrainingArguments
 

@@ -5,47 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 from datasets import Dataset
+from helpers import COMMON, text_data, tiny_bert
 from transformers import (
-    BertConfig,
-    BertForSequenceClassification,
     T5Config,
     T5ForConditionalGeneration,
     Trainer,
 )
 
 from amp_hf import AMPSeq2SeqTrainer, AMPSeq2SeqTrainingArguments, AMPTrainer, AMPTrainingArguments
-
-COMMON = dict(
-    use_cpu=True,
-    report_to="none",
-    disable_tqdm=True,
-    logging_steps=1,
-    per_device_train_batch_size=4,
-    learning_rate=1e-3,
-    seed=0,
-)
-
-
-def tiny_bert(dropout: float = 0.0) -> BertForSequenceClassification:
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=64,
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=32,
-        hidden_dropout_prob=dropout,
-        attention_probs_dropout_prob=dropout,
-        num_labels=2,
-    )
-    return BertForSequenceClassification(config)
-
-
-def text_data(n: int = 32, length: int = 12) -> Dataset:
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(1, 64, (n, length), generator=g)
-    return Dataset.from_dict({"input_ids": ids.tolist(), "labels": (ids[:, 0] % 2).tolist()})
 
 
 def test_resume_from_checkpoint_equals_an_uninterrupted_run(tmp_path):
