@@ -12,8 +12,9 @@ import re
 from dataclasses import dataclass, fields
 from typing import Any
 
-NORMS = ("tensor", "global")
-"""Allowed `amp_norm` values: one ball per parameter tensor (reference), or one ball over all of them (paper)."""
+NORMS = ("tensor", "global", "relative")
+"""Allowed `amp_norm` values: one ball per parameter tensor (reference), one ball over all of them (paper), or one
+ball per tensor whose radius is ε times that tensor's norm (scale-aware, in the spirit of AWP)."""
 
 
 @dataclass(frozen=True)

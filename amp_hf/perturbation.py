@@ -4,7 +4,8 @@
     Δ ← 0
     repeat K times:
         Δ ← Δ + ζ·g                                raw gradient, no sign, no normalisation
-        Δ ← project(Δ) onto the ball of radius ε   per tensor (reference) or over all tensors (paper)
+        Δ ← project(Δ) onto the ball of radius ε   per tensor (reference), over all tensors (paper), or per
+                                                   tensor with radius ε·‖θ_p‖ ("relative")
         θ ← θ_saved + Δ;  g ← ∇L_B(θ)              the last of these gradients is the caller's descent pass
     θ ← θ_saved                                    exactly: copied back, never θ + Δ − Δ
 
@@ -44,16 +45,31 @@ class AscentResult:
     """True when a loss or gradient of the ascent was not finite: the weights then stay at θ (plain ERM)."""
 
 
-def project_(deltas: list[torch.Tensor], epsilon: float, norm: str) -> torch.Tensor:
+def _norms(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """‖t‖₂ of each tensor, stacked, in float32 at least (float64 tensors keep float64)."""
+    dtype = functools.reduce(torch.promote_types, (t.dtype for t in tensors), torch.float32)
+    return torch.stack(torch._foreach_norm(list(tensors), 2, dtype=dtype))
+
+
+def project_(
+    deltas: list[torch.Tensor], epsilon: float, norm: str, theta_norms: torch.Tensor | None = None
+) -> torch.Tensor:
     """Projects Δ in place onto the ball(s) of radius ε; returns the norm of each tensor after projection.
 
     Per tensor: if ‖Δ_p‖ > ε then Δ_p ← ε·Δ_p / (‖Δ_p‖ + 1e-12). Global: the same with ‖Δ‖ over all tensors, one
-    factor for all. Factors are computed on the device, so no value travels to the host.
+    factor for all. Relative: per tensor, with radius ε·‖θ_p‖ (`theta_norms`), so a tensor at zero stays put.
+    Factors are computed on the device, so no value travels to the host.
     """
-    dtype = functools.reduce(torch.promote_types, (d.dtype for d in deltas), torch.float32)  # fp32 at least
-    norms = torch.stack(torch._foreach_norm(deltas, 2, dtype=dtype))
-    reference = norms if norm == "tensor" else torch.linalg.vector_norm(norms).expand_as(norms)
-    factors = torch.where(reference > epsilon, epsilon / (reference + PROJECTION_EPS), torch.ones_like(reference))
+    norms = _norms(deltas)
+    if norm == "global":
+        reference, radius = torch.linalg.vector_norm(norms).expand_as(norms), epsilon
+    elif norm == "relative":
+        if theta_norms is None:
+            raise ValueError("amp_norm='relative' needs the norms of the unperturbed weights")
+        reference, radius = norms, epsilon * theta_norms.to(norms)
+    else:
+        reference, radius = norms, epsilon
+    factors = torch.where(reference > radius, radius / (reference + PROJECTION_EPS), torch.ones_like(reference))
     torch._foreach_mul_(deltas, list(factors.unbind()))
     return norms * factors
 
@@ -90,6 +106,7 @@ def perturbed_weights(
         return
 
     saved = [p.detach().clone() for p in params]  # θ, restored by copy: exact in any dtype
+    theta_norms = _norms(saved) if config.norm == "relative" else None
     try:
         deltas: list[torch.Tensor] | None = None
         for step in range(config.inner_steps):
@@ -103,7 +120,7 @@ def perturbed_weights(
             else:
                 torch._foreach_add_(deltas, list(grads), alpha=config.inner_lr)
             del grads
-            norms = project_(deltas, config.epsilon, config.norm)
+            norms = project_(deltas, config.epsilon, config.norm, theta_norms)
             # One host sync per inner step: a non-finite loss or gradient (an fp16 overflow, say) aborts the ascent.
             if not bool(torch.isfinite(loss) & torch.isfinite(norms).all()):
                 _restore_(params, saved)

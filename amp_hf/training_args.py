@@ -33,7 +33,8 @@ class AMPArgumentsMixin:
         default=AMPConfig.norm,
         metadata={
             "help": "Shape of the perturbation ball: 'tensor' = one ball of radius ε per parameter tensor (the "
-            "reference implementation); 'global' = one ball over all perturbed tensors (the paper's algorithm box).",
+            "reference implementation); 'global' = one ball over all perturbed tensors (the paper's algorithm box); "
+            "'relative' = one ball per tensor of radius ε times that tensor's norm (ε is then a fraction, e.g. 0.02).",
             "choices": list(NORMS),
         },
     )

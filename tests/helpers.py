@@ -159,6 +159,9 @@ def reference_amp(
                 norms = [float(d.norm()) for d in delta]
                 if norm == "tensor":
                     delta = [d * (epsilon / (n + 1e-12)) if n > epsilon else d for d, n in zip(delta, norms)]
+                elif norm == "relative":
+                    radii = [epsilon * float(t.norm()) for t in theta]
+                    delta = [d * (r / (n + 1e-12)) if n > r else d for d, n, r in zip(delta, norms, radii)]
                 else:
                     total = sum(n * n for n in norms) ** 0.5
                     if total > epsilon:

@@ -15,7 +15,7 @@ from amp_hf import AMPConfig
         ("inner_steps", 1.5, r"amp_inner_steps must be an integer"),
         ("inner_lr", 0.0, r"amp_inner_lr must be > 0"),
         ("inner_lr", -1.0, r"amp_inner_lr must be > 0"),
-        ("norm", "l2", r"amp_norm must be one of 'tensor', 'global', got 'l2'"),
+        ("norm", "l2", r"amp_norm must be one of 'tensor', 'global', 'relative', got 'l2'"),
         ("interval", 0, r"amp_interval must be an integer >= 1"),
         ("start_step", -3, r"amp_start_step must be an integer >= 0"),
         ("exclude", ["bias", "("], r"amp_exclude entry '\(' is not a valid regular expression"),

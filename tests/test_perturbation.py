@@ -32,6 +32,16 @@ def test_global_projection_scales_every_tensor_by_one_factor():
     torch.testing.assert_close(torch.linalg.vector_norm(norms), torch.tensor(1.0))
 
 
+def test_relative_projection_scales_each_radius_by_the_weights_norm():
+    deltas = [torch.tensor([3.0, 4.0]), torch.tensor([0.3, 0.4]), torch.tensor([1.0, 0.0])]
+    theta_norms = torch.tensor([10.0, 10.0, 0.0])  # radii 1, 1 and 0 at ε = 0.1
+    norms = project_(deltas, epsilon=0.1, norm="relative", theta_norms=theta_norms)
+    torch.testing.assert_close(deltas[0], torch.tensor([0.6, 0.8]))
+    torch.testing.assert_close(deltas[1], torch.tensor([0.3, 0.4]))  # inside its ball
+    torch.testing.assert_close(deltas[2], torch.tensor([0.0, 0.0]))  # a tensor at zero is not perturbed
+    torch.testing.assert_close(norms, torch.tensor([1.0, 0.5, 0.0]))
+
+
 def test_inside_the_block_the_weights_sit_at_theta_plus_delta():
     p = torch.nn.Parameter(torch.tensor([1.0, 1.0]))
     q = torch.nn.Parameter(torch.tensor([0.0, 2.0]))

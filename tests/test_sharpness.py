@@ -66,6 +66,16 @@ def test_worst_case_increase_of_a_linear_loss(norm, epsilon):
     assert got == pytest.approx(expected, rel=1e-9)
 
 
+def test_worst_case_increase_of_a_linear_loss_relative_ball():
+    w = torch.tensor([3.0, 4.0, 1.0, 2.0], dtype=torch.float64)
+    model = Quadratic(torch.zeros(4, 4, dtype=torch.float64), w)  # θ = (1, 1 | 0.5, 0.5)
+    g = 2.0 * w
+    radii = [0.1 * 2**0.5, 0.1 * 0.5**0.5]  # ε·‖θ_p‖
+    expected = sum(float(p.norm()) * min(0.5 * float(p.norm()), r) for p, r in zip([g[:2], g[2:]], radii))
+    got = worst_case_loss_increase(model, BATCHES, epsilon=0.1, inner_lr=0.5, norm="relative")
+    assert got == pytest.approx(expected, rel=1e-9)
+
+
 def test_worst_case_increase_of_a_quadratic():
     a = spd([4.0, 2.0, 1.0, 0.5])
     model = Quadratic(a)

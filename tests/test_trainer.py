@@ -40,6 +40,8 @@ def train(trainer_cls, model, tmp_path, dataset=None, **overrides):
         ("tensor", 3, 0.05, 2),
         ("global", 1, 0.05, 1),
         ("global", 3, 0.05, 2),
+        ("relative", 1, 0.02, 2),
+        ("relative", 3, 0.02, 1),
     ],
 )
 def test_matches_reference_implementation(tmp_path, norm, inner_steps, epsilon, grad_accum):
