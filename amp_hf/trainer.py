@@ -213,7 +213,10 @@ class AMPMixin:
             window, self._amp_window = self._amp_window, _MetricsWindow()
             device = self.args.device
             counts = torch.tensor([window.steps, window.perturbed, window.skipped], dtype=torch.float64, device=device)
-            sums = torch.stack([torch.as_tensor(window.loss_sum), torch.as_tensor(window.delta_sum)]).to(device)
+            # each sum is a device tensor, or still the float 0.0 when nothing was added: bring both to one device
+            sums = torch.stack(
+                [torch.as_tensor(x, dtype=torch.float64, device=device) for x in (window.loss_sum, window.delta_sum)]
+            )
             totals = self.accelerator.reduce(torch.cat([sums, counts]), reduction="sum").tolist()
             loss_sum, delta_sum, steps, perturbed, skipped = totals
             if steps > 0:
