@@ -41,19 +41,23 @@ def _loss(model: torch.nn.Module, batch: Mapping[str, Any]) -> torch.Tensor:
     return loss.to(torch.promote_types(loss.dtype, torch.float32)).mean()  # fp32 at least, fp64 kept
 
 
+def _mean_loss(model: torch.nn.Module, batches: Sequence[Mapping[str, Any]]) -> torch.Tensor:
+    return sum(_loss(model, batch) for batch in batches) / len(batches)
+
+
 @contextlib.contextmanager
-def _measuring(model: torch.nn.Module) -> Iterator[list[Mapping[str, Any]]]:
-    """Eval mode and the math attention kernel (the one with a double backward) for the block; then everything back."""
+def _measuring(model: torch.nn.Module) -> Iterator[None]:
+    """Eval mode and the math attention kernel (the one with a double backward) for the block; then the modes back.
+
+    Weights are each measure's own business: the Hessian reads them only, the AMP measure goes through
+    `perturbed_weights` (which copies θ back), the landscape copies its θ back itself.
+    """
     modes = [(module, module.training) for module in model.modules()]
-    saved = [p.detach().clone() for p in model.parameters()]
     model.eval()
     try:
         with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
             yield
     finally:
-        with torch.no_grad():
-            for p, s in zip(model.parameters(), saved):
-                p.copy_(s)
         for module, training in modes:
             module.train(training)
 
@@ -120,18 +124,15 @@ def worst_case_loss_increase(
     config = AMPConfig(epsilon=epsilon, inner_lr=inner_lr, inner_steps=inner_steps, norm=norm)
     params = _params(model)
 
-    def mean_loss() -> torch.Tensor:
-        return sum(_loss(model, batch) for batch in batches) / len(batches)
-
     def gradient() -> tuple[torch.Tensor, list[torch.Tensor]]:
-        loss = mean_loss()
+        loss = _mean_loss(model, batches)
         return loss.detach(), list(torch.autograd.grad(loss, params))
 
     with _measuring(model):
         if not config.enabled:
             return 0.0
         with perturbed_weights(params, gradient, config) as ascent, torch.no_grad():
-            perturbed_loss = mean_loss()
+            perturbed_loss = _mean_loss(model, batches)
         return float(perturbed_loss - ascent.clean_loss)
 
 
@@ -170,12 +171,16 @@ def loss_along_direction(
     if len(direction) != len(params) or any(d.shape != p.shape for d, p in zip(direction, params)):
         raise ValueError("direction must hold one tensor per trainable parameter, with the same shapes")
     losses = []
+    theta = [p.detach().clone() for p in params]
     with _measuring(model), torch.no_grad():
-        theta = [p.detach().clone() for p in params]
-        for alpha in alphas:
-            for p, t, d in zip(params, theta, direction):
-                p.copy_(t + alpha * d)
-            losses.append(float(sum(_loss(model, batch) for batch in batches) / len(batches)))
+        try:
+            for alpha in alphas:
+                for p, t, d in zip(params, theta, direction):
+                    p.copy_(t + alpha * d)
+                losses.append(float(_mean_loss(model, batches)))
+        finally:  # θ back by copy, exactly, also when a forward raises
+            for p, t in zip(params, theta):
+                p.copy_(t)
     return losses
 
 
