@@ -85,9 +85,10 @@ MODELS = {"tiny BERT (h64, 2 layers), 32x64 tokens": tiny_bert, "MiniLM-L6, 16x6
 
 
 # ------------------------------------------------------------------------------------------------ one step
-def make_trainer(cls, model, **amp):
+def make_trainer(cls, model, use_cpu: bool = True, **amp):
+    """A trainer ready to step by hand, as its training loop would: optimizer, scheduler, no accumulation."""
     args = AMPTrainingArguments(
-        output_dir="outputs/cost", use_cpu=True, report_to="none", learning_rate=1e-4, max_steps=10**6,
+        output_dir="outputs/cost", use_cpu=use_cpu, report_to="none", learning_rate=1e-4, max_steps=10**6,
         disable_tqdm=True, amp_epsilon=0.01, **amp,
     )  # fmt: skip
     trainer = cls(model=model, args=args)

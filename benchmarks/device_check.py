@@ -27,6 +27,9 @@ from transformers import BertConfig, BertForSequenceClassification, Trainer
 
 from amp_hf import AMPTrainer, AMPTrainingArguments
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cost import make_trainer, optimizer_step
+
 CUDA = torch.cuda.is_available()
 failures: list[str] = []
 
@@ -90,11 +93,7 @@ def cost_check(rounds: int = 10) -> None:
     results = {}
     for name, cls in (("ERM", Trainer), ("AMP", AMPTrainer)):
         model = bert(768, 12 if CUDA else 2).to(device)
-        args = AMPTrainingArguments(tempfile.mkdtemp(), report_to="none", use_cpu=not CUDA, amp_epsilon=0.01)
-        trainer = cls(model=model, args=args)
-        trainer.create_optimizer_and_scheduler(num_training_steps=1000)
-        trainer.current_gradient_accumulation_steps = 1
-        results[name] = (trainer, model)
+        results[name] = (make_trainer(cls, model, use_cpu=not CUDA), model)
     param_bytes = sum(p.numel() * p.element_size() for p in results["ERM"][1].parameters())
 
     def step(name: str) -> float:
@@ -103,8 +102,7 @@ def cost_check(rounds: int = 10) -> None:
             torch.cuda.synchronize()
         start = time.perf_counter()
         trainer.training_step(model, dict(batch))
-        trainer.optimizer.step()
-        model.zero_grad(set_to_none=True)
+        optimizer_step(trainer)
         if CUDA:
             torch.cuda.synchronize()
         return time.perf_counter() - start
