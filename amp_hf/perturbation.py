@@ -13,6 +13,10 @@
 leaves the weights at θ + Δ inside the `with` block, where the caller takes the descent gradient its own way (the
 Trainer's loss path and backward), and copies θ back on exit, also when anything raises. Knowing nothing of the
 Trainer, it is also what the sharpness tools use.
+
+Sharded parameters (FSDP2 DTensors) are perturbed shard by shard: every step above is elementwise except the norms,
+which must be those of the whole tensors. `_norms` takes them from the local shards and sums the squares over the
+process group the tensors are sharded over; see "Sharded parameters" below.
 """
 
 from __future__ import annotations
@@ -23,8 +27,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 
 from .config import AMPConfig
+
+try:  # public since torch 2.5; torch builds without distributed support have no DTensor (and no FSDP2)
+    from torch.distributed.tensor import DTensor, Shard
+except ImportError:  # pragma: no cover - depends on the torch build
+    DTensor = Shard = None
 
 GradientFn = Callable[[], tuple[torch.Tensor, Sequence[torch.Tensor]]]
 """Returns (mean loss, ∇ mean loss per perturbed parameter) at the parameters' current values."""
@@ -45,22 +55,89 @@ class AscentResult:
     """True when a loss or gradient of the ascent was not finite: the weights then stay at θ (plain ERM)."""
 
 
-def _norms(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """‖t‖₂ of each tensor, stacked, in float32 at least (float64 tensors keep float64)."""
+# ------------------------------------------------------------------------------ sharded parameters (FSDP2)
+# Under FSDP2 each parameter is a DTensor, and each process holds one shard of it: a block of rows (of some dim),
+# possibly uneven across processes, possibly empty. Everything elementwise (Δ ← Δ + ζ·g, θ + Δ, the restore) works on
+# the local shards as they are. A norm does not: ‖t‖² is the sum over the shards of ‖shard‖², so the squared local
+# norms are summed over the process group the tensors are sharded over. An empty shard simply adds 0.
+
+
+def is_sharded(t: torch.Tensor) -> bool:
+    """Whether `t` is a DTensor (an FSDP2 parameter or gradient), whose local part is only a shard."""
+    return DTensor is not None and isinstance(t, DTensor)
+
+
+def shard_group(params: Sequence[torch.Tensor]) -> dist.ProcessGroup | None:
+    """The process group every parameter is sharded over, or None when no parameter is sharded.
+
+    Refuses (ValueError) layouts whose whole-tensor norms are not a plain sum over one group's shards: sharded and
+    unsharded tensors together (an unsharded tensor's gradient is not reduced across processes, so each process would
+    perturb it differently), several device meshes, or placements other than `Shard` on a 1-D mesh (HSDP's replicas,
+    tensor parallelism's partial sums). Projecting with the norms of pieces would be silently wrong.
+    """
+    sharded = [p for p in params if is_sharded(p)]
+    if not sharded:
+        return None
+    mesh = sharded[0].device_mesh
+    if len(sharded) != len(params):
+        raise ValueError(
+            "AMP found sharded (DTensor) and unsharded parameters to perturb together; under FSDP2 every perturbed "
+            "parameter must be sharded by fully_shard (put the unsharded ones in amp_exclude, or shard the root module)"
+        )
+    if mesh.ndim != 1 or any(p.device_mesh != mesh or not isinstance(p.placements[0], Shard) for p in sharded):
+        raise ValueError(
+            "AMP supports parameters sharded by FSDP2 over one 1-D device mesh (plain fully_shard); HSDP, tensor "
+            "parallelism and other multi-dimensional layouts are not supported. Use FSDP2 without them, or DDP."
+        )
+    return mesh.get_group()
+
+
+def local_shards(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """The local shard of each DTensor, as a view of its storage (writing it writes the parameter); others as is."""
+    with torch.no_grad():
+        return [t.to_local() if is_sharded(t) else t for t in tensors]
+
+
+def _norms(tensors: Sequence[torch.Tensor], group: dist.ProcessGroup | None = None) -> torch.Tensor:
+    """‖t‖₂ of each tensor, stacked, in float32 at least (float64 tensors keep float64).
+
+    With a `group`, `tensors` are local shards and the norms are those of the whole tensors: the squared local norms
+    are summed over the group (one all-reduce for all tensors), so every process gets the same norms.
+    """
     dtype = functools.reduce(torch.promote_types, (t.dtype for t in tensors), torch.float32)
-    return torch.stack(torch._foreach_norm(list(tensors), 2, dtype=dtype))
+    norms = torch.stack(torch._foreach_norm(list(tensors), 2, dtype=dtype))
+    if group is None:
+        return norms
+    squares = norms.square()
+    dist.all_reduce(squares, op=dist.ReduceOp.SUM, group=group)
+    return squares.sqrt()
 
 
+def _on_every_process(flag: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:
+    """True where `flag` holds on every process of `group`: shards must all skip a non-finite ascent, or none."""
+    if group is None:
+        return flag
+    agreed = flag.to(torch.int32)
+    dist.all_reduce(agreed, op=dist.ReduceOp.MIN, group=group)
+    return agreed.bool()
+
+
+# ------------------------------------------------------------------------------------------ the inner maximisation
 def project_(
-    deltas: list[torch.Tensor], epsilon: float, norm: str, theta_norms: torch.Tensor | None = None
+    deltas: list[torch.Tensor],
+    epsilon: float,
+    norm: str,
+    theta_norms: torch.Tensor | None = None,
+    group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
     """Projects Δ in place onto the ball(s) of radius ε; returns the norm of each tensor after projection.
 
     Per tensor: if ‖Δ_p‖ > ε then Δ_p ← ε·Δ_p / (‖Δ_p‖ + 1e-12). Global: the same with ‖Δ‖ over all tensors, one
     factor for all. Relative: per tensor, with radius ε·‖θ_p‖ (`theta_norms`), so a tensor at zero stays put.
-    Factors are computed on the device, so no value travels to the host.
+    Factors are computed on the device, so no value travels to the host. With a `group`, `deltas` are local shards
+    and every norm is the whole tensor's (see `_norms`), so each process scales its shard by the whole tensor's factor.
     """
-    norms = _norms(deltas)
+    norms = _norms(deltas, group)
     if norm == "global":
         reference, radius = torch.linalg.vector_norm(norms).expand_as(norms), epsilon
     elif norm == "relative":
@@ -95,9 +172,15 @@ def perturbed_weights(
 ) -> Iterator[AscentResult]:
     """Moves `params` to θ + Δ for the duration of the `with` block and back to θ, bit for bit, afterwards.
 
-    `gradient_fn` is called K times (the clean pass, then K − 1 intermediate passes); it must not write `.grad`
-    (use `torch.autograd.grad`), so that gradients accumulated by earlier micro-batches stay untouched. If a loss or
-    gradient is not finite, the weights stay at θ and `result.skipped` is set, so no NaN ever reaches them.
+    `gradient_fn` is called K times (the clean pass, then K − 1 intermediate passes); it must not leave anything in
+    `.grad` (use `torch.autograd.grad`, or put `.grad` back as it was), so that gradients accumulated by earlier
+    micro-batches stay untouched. If a loss or gradient is not finite, the weights stay at θ and `result.skipped` is
+    set, so no NaN ever reaches them.
+
+    FSDP2: `params` may be sharded DTensors, all over one process group, and `gradient_fn` then returns the sharded
+    gradients (each process's shard of the gradient averaged over the processes). Δ lives in the local shards; the
+    norms of the projection, of `relative`'s ‖θ_p‖ and of `result.delta_norm` are whole-tensor norms, and a
+    non-finite ascent anywhere is skipped everywhere, so every process applies its shard of one and the same Δ.
     """
     params = list(params)
     result = AscentResult()
@@ -105,8 +188,10 @@ def perturbed_weights(
         yield result
         return
 
+    group = shard_group(params)  # None unless the parameters are FSDP2 shards
+    params = local_shards(params)
     saved = [p.detach().clone() for p in params]  # θ, restored by copy: exact in any dtype
-    theta_norms = _norms(saved) if config.norm == "relative" else None
+    theta_norms = _norms(saved, group) if config.norm == "relative" else None
     try:
         deltas: list[torch.Tensor] | None = None
         for step in range(config.inner_steps):
@@ -114,15 +199,17 @@ def perturbed_weights(
             if step == 0:
                 result.clean_loss = loss.detach()
             # Δ ← Δ + ζ·g. The gradient tensors are fresh, so the first step reuses them as Δ's storage.
+            grads = local_shards(grads)
             if deltas is None:
-                deltas = list(grads)
+                deltas = grads
                 torch._foreach_mul_(deltas, config.inner_lr)
             else:
-                torch._foreach_add_(deltas, list(grads), alpha=config.inner_lr)
+                torch._foreach_add_(deltas, grads, alpha=config.inner_lr)
             del grads
-            norms = project_(deltas, config.epsilon, config.norm, theta_norms)
+            norms = project_(deltas, config.epsilon, config.norm, theta_norms, group)
             # One host sync per inner step: a non-finite loss or gradient (an fp16 overflow, say) aborts the ascent.
-            if not bool(torch.isfinite(loss) & torch.isfinite(norms).all()):
+            finite = _on_every_process(torch.isfinite(loss) & torch.isfinite(norms).all(), group)
+            if not bool(finite):
                 _restore_(params, saved)
                 result.skipped = True
                 result.delta_norm = torch.zeros((), device=norms.device)

@@ -8,6 +8,16 @@ Per micro-batch, on an AMP step:
      custom `compute_loss` overrides, accumulation and DDP gradient sync behave exactly as in the plain Trainer.
   3. θ is copied back (also on error), running statistics are put back to their post-clean-pass values, and the
      clean loss is returned on the plain Trainer's scale, so `loss` curves of ERM and AMP runs compare.
+
+FSDP2 (`fully_shard`) differs in step 1, by necessity: each process holds only shards, the forward runs on
+all-gathered copies that are not the parameters autograd can differentiate to, and a gradient reaches the shards only
+through FSDP's reduce-scatter, which averages it over the processes. A per-process Δ would need a full-size Δ on each
+process, which is what sharding avoids. So under FSDP2 the ascent gradient is the **average over the processes** of
+each process's micro-batch mean-loss gradient, taken by a real backward with every `.grad` moved aside and put back,
+and each process perturbs its shards with whole-tensor norms (`perturbation.py`). With equal micro-batches that is
+one process running AMP on the concatenation of all processes' micro-batches. AMP micro-batches reduce-scatter on
+every pass (the ascent needs it; the descent then accumulates into the sharded `.grad`, as with accelerate's
+`sync_each_batch`), so no unsharded gradient accumulates outside FSDP's sharded `.grad`.
 """
 
 from __future__ import annotations
@@ -20,8 +30,13 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from transformers import Seq2SeqTrainer, Trainer
 
+try:  # public since torch 2.6; builds without distributed support have no FSDP2
+    from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule
+except ImportError:  # pragma: no cover - depends on the torch build
+    CPUOffloadPolicy = FSDPModule = None
+
 from .config import AMPConfig
-from .perturbation import AscentResult, perturbed_weights
+from .perturbation import AscentResult, is_sharded, perturbed_weights
 from .running_stats import RunningStatsSnapshot
 
 logger = logging.getLogger(__name__)
@@ -64,12 +79,27 @@ class AMPMixin:
                 "training."
             )
         if config.enabled and getattr(self, "is_fsdp_enabled", False):
-            raise ValueError(
-                "AMPTrainer does not support FSDP yet: with sharded parameters the perturbation norms would be taken "
-                "over local shards only. Run with DDP (`accelerate launch --multi_gpu`) instead, or set "
-                "amp_inner_steps=0 / amp_epsilon=0 for plain training."
-            )
+            self._check_fsdp_plugin()
         return config
+
+    def _check_fsdp_plugin(self) -> None:
+        """FSDP2 is supported; FSDP1 and parameter offloading are refused here, before anything runs."""
+        plugin = getattr(getattr(getattr(self, "accelerator", None), "state", None), "fsdp_plugin", None)
+        version = getattr(plugin, "fsdp_version", 1)  # the Trainer reads a missing version as 1 too
+        if version != 2 or FSDPModule is None:
+            raise ValueError(
+                f"AMPTrainer does not support FSDP version {version}: it perturbs FSDP2 (`fully_shard`) shards with "
+                "whole-tensor norms, and FSDP1's flat parameters hide the tensors. Use FSDP2 (fsdp_config "
+                "{'version': 2}, or `fsdp_version: 2` in the accelerate config, as in "
+                "examples/accelerate/fsdp_gpu.yaml) or DDP, or set amp_inner_steps=0 / amp_epsilon=0 for plain "
+                "training."
+            )
+        if CPUOffloadPolicy is not None and isinstance(getattr(plugin, "cpu_offload", None), CPUOffloadPolicy):
+            raise ValueError(
+                "AMPTrainer does not support FSDP2 with CPU offload (`cpu_offload` / `fsdp_offload_params`): it is "
+                "not verified that the perturbation and the reductions of its norms run where offloaded shards and "
+                "gradients live. Use FSDP2 without offload, or DDP, or set amp_inner_steps=0 / amp_epsilon=0."
+            )
 
     def train(self, *args: Any, **kwargs: Any):
         # Arguments may have been edited since construction: validate again before any training starts.
@@ -111,6 +141,12 @@ class AMPMixin:
         if callable(getattr(self.optimizer, "train", None)):
             self.optimizer.train()  # schedule-free optimizers swap their weights in here: do it before the ascent
         ascent_model = _without_ddp(model)
+        if _is_fsdp2(ascent_model):
+            # Every pass of an AMP micro-batch reduce-scatters: the ascent must (its gradient arrives no other way),
+            # and then the descent does too, accumulating into the sharded `.grad` instead of an unsharded buffer
+            # that the ascent's reduce-scatter would otherwise carry along. The Trainer's `no_sync` turns sync on again
+            # when it exits, as it always does.
+            ascent_model.set_requires_gradient_sync(True)
         stats: RunningStatsSnapshot | None = None
 
         def ascent_gradient() -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -132,14 +168,26 @@ class AMPMixin:
     def _amp_ascent_gradient(
         self, model: torch.nn.Module, inputs: dict[str, Any], params: list[torch.Tensor]
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Mean loss of the micro-batch at the current weights, and its gradient; `.grad` is left alone."""
+        """Mean loss of the micro-batch at the current weights, and its gradient; `.grad` is left as it was.
+
+        Under FSDP2 the gradient is FSDP's: sharded, and averaged over the processes (`_fsdp_gradient`).
+        """
         inputs = self._prepare_inputs(inputs)  # a fresh shallow copy: compute_loss may pop "labels"
         with self.compute_loss_context_manager():
             loss = self._amp_ascent_loss(model, inputs)
         if loss.dim() > 0:  # nn.DataParallel returns one loss per device
             loss = loss.mean()
         scale = self._amp_loss_scale()
-        grads = torch.autograd.grad(loss if scale is None else loss * scale, params, allow_unused=True)
+        scaled = loss if scale is None else loss * scale
+        if _is_fsdp2(model):
+            grads = _fsdp_gradient(model, scaled, params)
+        else:
+            if any(is_sharded(p) for p in params):
+                raise ValueError(
+                    "AMP found DTensor parameters in a model that is not an FSDP2 module (tensor parallelism?); "
+                    "only FSDP2 (`fully_shard`) sharding is supported. Use FSDP2 or DDP."
+                )
+            grads = torch.autograd.grad(scaled, params, allow_unused=True)
         grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]
         if scale is not None:
             torch._foreach_div_(grads, scale)  # an overflow stays inf and is caught as non-finite
@@ -244,6 +292,32 @@ class _MetricsWindow:
 def _without_ddp(model: torch.nn.Module) -> torch.nn.Module:
     """The module inside a DDP wrapper: its forward runs no buffer broadcast and arms no gradient all-reduce."""
     return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def _is_fsdp2(model: torch.nn.Module) -> bool:
+    return FSDPModule is not None and isinstance(model, FSDPModule)
+
+
+def _fsdp_gradient(model: torch.nn.Module, loss: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tensor | None]:
+    """∇loss for FSDP2's sharded `params`, averaged over the processes, leaving every `.grad` as it was.
+
+    `torch.autograd.grad` cannot be used: the forward ran on all-gathered copies, so the sharded parameters are not in
+    the graph (it would report them unused, and zeros would perturb nothing). The gradient reaches the shards only
+    through FSDP's post-backward reduce-scatter into `.grad`. So: move every trainable parameter's `.grad` (the
+    micro-batches accumulated so far) aside, run a real backward, take the fresh sharded gradients and put the old
+    `.grad` back: a swap of references, no copy.
+    """
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    kept = [p.grad for p in trainable]
+    for p in trainable:
+        p.grad = None
+    try:
+        loss.backward()
+        fresh = [p.grad for p in params]
+    finally:
+        for p, grad in zip(trainable, kept):
+            p.grad = grad
+    return fresh
 
 
 class AMPTrainer(AMPMixin, Trainer):

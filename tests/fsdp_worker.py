@@ -1,0 +1,156 @@
+"""Run by `test_fsdp.py` under `torchrun --nproc_per_node 2` (CPU, gloo). Exits non-zero on any failure.
+
+Checks, in one launch (a process launch costs ~10 s of imports):
+  1. norms of sharded DTensors: `perturbed_weights` on FSDP-style shards (one tensor with dim 0 not divisible by the
+     world size, one whose shard on rank 1 is empty) moves every whole tensor exactly as it moves the unsharded
+     tensors, for the tensor, global and relative balls, restores the shards bit for bit, a non-finite loss on one
+     rank makes every rank skip, and sharded and unsharded tensors together are refused;
+  2. AMPTrainer under FSDP2 prepared by accelerate's own FSDP plugin (three FSDP units, uneven shards) gives the
+     weights of one process running AMP on the concatenated global micro-batches (`reference_amp`), with gradient
+     accumulation too, a non-zero Δ, and the same logged metrics on every rank.
+
+accelerate 1.15 drops the FSDP plugin when the run is on CPU (it becomes plain multi-CPU DDP), so `ForceFSDPOnCPU`
+puts the plugin and the FSDP distributed type back right after the Trainer built its accelerator; everything after
+that (`fully_shard` through accelerate's `fsdp2_prepare_model`, the Trainer's loop) is the unmodified code.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+
+import torch
+import torch.distributed as dist
+from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor import DTensor, Shard, distribute_tensor
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from helpers import DictDataset, SequentialAMPTrainer, TinyClassifier, reference_amp, tiny_args
+
+from amp_hf import AMPConfig, perturbed_weights
+from amp_hf.perturbation import shard_group
+
+STEPS, BATCH = 3, 4
+
+
+# --------------------------------------------------------------------------------------- 1. sharded norms
+def quadratic(params: list[torch.Tensor], targets: list[torch.Tensor], poison: bool = False):
+    """L = Σ ½‖θ_p − t_p‖², ∇L = θ − t: works the same on plain tensors and on DTensors."""
+
+    def fn():
+        grads = [p.detach() - t for p, t in zip(params, targets)]
+        loss = sum(0.5 * float((g.full_tensor() if isinstance(g, DTensor) else g).square().sum()) for g in grads)
+        return torch.tensor(float("inf") if poison else loss), grads
+
+    return fn
+
+
+def check_sharded_norms() -> None:
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+    g = torch.Generator().manual_seed(3)
+    shapes = [(7, 6), (3,), (1, 5), (8,)]  # 7 and 3 split unevenly over 2 ranks; (1, 5) leaves rank 1 empty
+    full = [torch.randn(s, generator=g) for s in shapes]
+    targets = [torch.randn(s, generator=g) for s in shapes]
+    for norm, epsilon in (("tensor", 0.5), ("global", 0.7), ("relative", 0.1)):
+        config = AMPConfig(epsilon=epsilon, inner_lr=0.8, inner_steps=2, norm=norm)
+        plain = [torch.nn.Parameter(t.clone()) for t in full]
+        with perturbed_weights(plain, quadratic(plain, targets), config) as expected_result:
+            expected = [p.detach().clone() for p in plain]
+        sharded = [torch.nn.Parameter(distribute_tensor(t.clone(), mesh, [Shard(0)])) for t in full]
+        dtargets = [distribute_tensor(t, mesh, [Shard(0)]) for t in targets]
+        before = [p.to_local().clone() for p in sharded]
+        assert sharded[2].to_local().numel() == (5 if dist.get_rank() == 0 else 0)
+        with perturbed_weights(sharded, quadratic(sharded, dtargets), config) as result:
+            for p, e in zip(sharded, expected):
+                torch.testing.assert_close(p.full_tensor(), e, atol=1e-6, rtol=1e-5, msg=lambda m, n=norm: f"{n}: {m}")
+            torch.testing.assert_close(result.delta_norm, expected_result.delta_norm, atol=1e-6, rtol=1e-5)
+        assert all(torch.equal(p.to_local(), b) for p, b in zip(sharded, before)), f"{norm}: restore not exact"
+        assert not any(torch.equal(a, b) for a, b in zip(expected, full) if a.numel() > 1), f"{norm}: Δ = 0"
+
+    # a non-finite ascent on one rank only: both ranks skip, so no tensor ends half perturbed
+    sharded = [torch.nn.Parameter(distribute_tensor(t.clone(), mesh, [Shard(0)])) for t in full]
+    dtargets = [distribute_tensor(t, mesh, [Shard(0)]) for t in targets]
+    fn = quadratic(sharded, dtargets, poison=dist.get_rank() == 1)
+    with perturbed_weights(sharded, fn, AMPConfig(epsilon=0.5)) as result:
+        assert result.skipped, "rank with a finite loss did not skip with the other"
+        assert all(torch.equal(p.full_tensor(), t) for p, t in zip(sharded, full))
+
+    try:
+        shard_group([sharded[0], torch.nn.Parameter(full[1].clone())])
+    except ValueError as err:
+        assert "sharded (DTensor) and unsharded" in str(err), err
+    else:
+        raise AssertionError("a mix of sharded and unsharded parameters was accepted")
+    print(f"rank {dist.get_rank()}: sharded norms == whole-tensor norms (tensor, global, relative)", flush=True)
+
+
+# ------------------------------------------------------------------------------ 2. AMPTrainer under FSDP2
+class ForceFSDPOnCPU:
+    """Keeps accelerate's FSDP plugin on CPU, where accelerate 1.15 silently falls back to multi-CPU DDP."""
+
+    def create_accelerator_and_postprocess(self) -> None:
+        super().create_accelerator_and_postprocess()
+        state = self.accelerator.state
+        state.fsdp_plugin = FullyShardedDataParallelPlugin(**self.args.fsdp_plugin_args)
+        state.distributed_type = DistributedType.FSDP
+        self.is_fsdp_enabled = True
+
+
+class FSDPAMPTrainer(ForceFSDPOnCPU, SequentialAMPTrainer):
+    pass
+
+
+def run_fsdp(out: str, **overrides) -> FSDPAMPTrainer:
+    fsdp_config = {"version": 2, "transformer_layer_cls_to_wrap": ["Linear"]}  # fc1, fc2 and the root: 3 units
+    args = tiny_args(
+        out, max_steps=STEPS, per_device_train_batch_size=BATCH, ddp_backend="gloo", fsdp=True,
+        fsdp_config=fsdp_config, **overrides,
+    )  # fmt: skip
+    trainer = FSDPAMPTrainer(model=TinyClassifier(), args=args, train_dataset=DictDataset(n=64))
+    assert trainer.accelerator.is_fsdp2
+    trainer.train()
+    assert trainer.model_wrapped is trainer.model and type(trainer.model).__name__ == "FSDPTinyClassifier"
+    assert all(isinstance(p, DTensor) for p in trainer.model.parameters())
+    assert trainer.model.fc2.weight.to_local().shape[0] == (2 if dist.get_rank() == 0 else 1)  # uneven shards
+    return trainer
+
+
+def check_trainer(out: str, norm: str, epsilon: float, grad_accum: int, inner_steps: int) -> None:
+    trainer = run_fsdp(
+        out, amp_epsilon=epsilon, amp_norm=norm, amp_inner_steps=inner_steps, gradient_accumulation_steps=grad_accum
+    )
+    got = {n: p.full_tensor() for n, p in trainer.model.named_parameters()}
+    # the global micro-batch is both ranks' micro-batches together: batch 2·BATCH in one process
+    settings = dict(steps=STEPS, batch_size=2 * BATCH, grad_accum=grad_accum, inner_steps=inner_steps)
+    expected = reference_amp(TinyClassifier(), DictDataset(n=64), epsilon=epsilon, norm=norm, **settings)
+    erm = reference_amp(TinyClassifier(), DictDataset(n=64), epsilon=0.0, **settings)
+    what = f"FSDP2 {norm} GA={grad_accum} K={inner_steps}"
+    for name, p in expected.named_parameters():
+        message = lambda m, n=name: f"{what} {n}: {m}"  # noqa: E731
+        torch.testing.assert_close(got[name], p.detach(), atol=2e-6, rtol=1e-5, msg=message)
+    moved = max(float((got[n] - p.detach()).abs().max()) for n, p in erm.named_parameters())
+    assert moved > 1e-4, f"{what}: the same weights as ERM"
+
+    logs = [(h["loss"], h["amp_loss"], h["amp_delta_norm"]) for h in trainer.state.log_history if "amp_loss" in h]
+    assert len(logs) == STEPS and all(d > 0 for _, _, d in logs), logs
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, logs)
+    assert all(g == gathered[0] for g in gathered), gathered
+    print(f"rank {dist.get_rank()}: {what} == one process on the global batch, logs agree", flush=True)
+
+
+def main() -> None:
+    dist.init_process_group("gloo")
+    assert dist.get_world_size() == 2
+    check_sharded_norms()
+    out = tempfile.mkdtemp()
+    check_trainer(out, norm="tensor", epsilon=0.05, grad_accum=1, inner_steps=1)
+    check_trainer(out, norm="global", epsilon=0.1, grad_accum=2, inner_steps=2)
+    check_trainer(out, norm="relative", epsilon=0.02, grad_accum=1, inner_steps=1)
+    print(f"rank {dist.get_rank()}: ALL OK", flush=True)
+
+
+if __name__ == "__main__":
+    main()
