@@ -111,7 +111,7 @@ def load_data(
         raw = default_loader()
         raw = raw if isinstance(raw, DatasetDict) else DatasetDict({"train": raw})
     require_columns(raw, columns, hint)
-    return _with_splits(raw, args)
+    return with_splits(raw, args)
 
 
 def _load_file(path: str) -> Dataset:
@@ -124,7 +124,7 @@ def _load_file(path: str) -> Dataset:
     return load_dataset("json" if kind == "jsonl" else kind, data_files=path, split="train")
 
 
-def _with_splits(raw: DatasetDict, args: DataArguments) -> DatasetDict:
+def with_splits(raw: DatasetDict, args: DataArguments) -> DatasetDict:
     """Holds out validation and test sets from the training data when they are missing, with a fixed seed."""
     seed = 42  # fixed, not the training seed: every run sees the same splits
     if "train" not in raw:

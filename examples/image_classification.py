@@ -68,7 +68,7 @@ class ImageArguments(DataArguments):
 
 
 # ------------------------------------------------------------------------------------------------------ data
-def _read_idx(path: str) -> np.ndarray:
+def read_idx(path: str) -> np.ndarray:
     """An IDX file (the MNIST format): big-endian int32 dimensions after a 4-byte magic number, then uint8 data."""
     with gzip.open(path, "rb") as f:
         raw = f.read()
@@ -86,8 +86,8 @@ def fashion_mnist() -> DatasetDict:
     )
     splits = {}
     for split, prefix in (("train", "train"), ("test", "t10k")):
-        images = _read_idx(os.path.join(FASHION_MNIST_DIR, f"{prefix}-images-idx3-ubyte.gz"))
-        labels = _read_idx(os.path.join(FASHION_MNIST_DIR, f"{prefix}-labels-idx1-ubyte.gz"))
+        images = read_idx(os.path.join(FASHION_MNIST_DIR, f"{prefix}-images-idx3-ubyte.gz"))
+        labels = read_idx(os.path.join(FASHION_MNIST_DIR, f"{prefix}-labels-idx1-ubyte.gz"))
         splits[split] = Dataset.from_dict({"image": images, "label": labels}, features=features)
     return DatasetDict(splits)
 

@@ -1,0 +1,578 @@
+"""What AMP buys: ERM vs AMP on the same models, data, budget and seeds; test error, cost frontier, loss curves.
+
+Three tasks, each in a regime where plain training fits its training set (so a regulariser has something to do):
+  cnn   the example's BatchNorm ResNet from scratch, 5k Fashion-MNIST images, SGD (the paper's setting, scaled down)
+  vit   the example's vision transformer from scratch (a small config), the same 5k images, AdamW
+  text  the pretrained MiniLM-L6 fine-tuned on Rotten Tomatoes snippets, AdamW
+Vision runs are tested on the full 10k Fashion-MNIST test set, text on the held-out 10% of Rotten Tomatoes.
+
+Methods: ERM (transformers.Trainer); AMP with the reference defaults (ε = 0.5 per tensor); AMP with the per-tensor,
+the global and the relative ball, each with ε chosen from a small grid on the validation split (one tuning seed that
+is not an evaluation seed; the test set is never looked at for a choice); and, for the recommended AMP setting of each
+task (the best of these on validation), the cost frontier: amp_interval 2 and 4, and K = 2.
+
+    python benchmarks/accuracy.py                 # the whole study: ~1 h on 2 CPU cores
+    python benchmarks/accuracy.py --quick         # a smoke run of every code path in about a minute
+    python benchmarks/accuracy.py --tasks cnn --seeds 0 1 2 3 4
+
+Runs go two at a time (one thread each) and are cached in outputs/accuracy/runs.jsonl (--cache), so an interrupted study
+resumes where it stopped. Writes benchmarks/results/accuracy.json (every run, the summary, the command, versions and
+machine) and the plots accuracy.png, frontier.png and loss_curves.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "examples"))
+
+import torch  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+OUTPUTS = ROOT / "outputs" / "accuracy"
+TUNING_SEED = 1000
+"""The seed of the ε-selection runs: not an evaluation seed, so the choice is not fitted to the reported runs."""
+
+
+# ---------------------------------------------------------------------------------------------------- a run
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run. Everything that changes its result is a field, so the cache key is the spec itself."""
+
+    task: str
+    method: str  # "erm" or "amp"
+    seed: int
+    quick: bool = False
+    epsilon: float = 0.5
+    norm: str = "tensor"
+    inner_steps: int = 1
+    interval: int = 1
+    start: float = 0.0
+    """amp_start_step as a fraction of the run's optimizer steps (AMP in the late phase only)."""
+    exclude: tuple[str, ...] = ()
+
+    def key(self) -> str:
+        return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+    def label(self) -> str:
+        if self.method == "erm":
+            return "ERM"
+        extra = "".join(
+            [
+                f", K={self.inner_steps}" if self.inner_steps != 1 else "",
+                f", every {self.interval}" if self.interval != 1 else "",
+                f", from {self.start:.0%}" if self.start else "",
+            ]
+        )
+        skip = f", not {'/'.join(self.exclude)}" if self.exclude else ""
+        return f"AMP {self.norm} ε={self.epsilon:g}{skip}{extra}"
+
+
+@dataclass
+class TaskData:
+    model: torch.nn.Module
+    train: torch.utils.data.Dataset
+    validation: torch.utils.data.Dataset
+    test: torch.utils.data.Dataset
+    collator: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class Task:
+    title: str
+    build: Callable[[bool, int], TaskData]
+    """(quick, number of training examples) → model and data."""
+    train_size: int
+    epochs: float
+    batch_size: int
+    optimizer: dict[str, Any]
+    grids: dict[str, tuple[float, ...]]
+    """ε candidates per `amp_norm`, tried on validation with the tuning seed."""
+    quick_epochs: float = 1
+    exclude: tuple[str, ...] = ()
+    """Parameters left unperturbed by the tuned AMP methods (the defaults perturb everything, as the reference)."""
+    notes: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Rows(torch.utils.data.Dataset):
+    """Dict rows over tensors (images) or a list of dicts (tokenised text)."""
+
+    def __init__(self, rows: dict[str, torch.Tensor] | list[dict[str, Any]]) -> None:
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows) if isinstance(self.rows, list) else len(next(iter(self.rows.values())))
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.rows[i] if isinstance(self.rows, list) else {k: v[i] for k, v in self.rows.items()}
+
+
+def stack(rows: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    return {k: torch.stack([row[k] for row in rows]) for k in rows[0]}
+
+
+# ---------------------------------------------------------------------------------------------------- tasks
+def fashion_mnist_tensors(quick: bool, train_size: int) -> tuple[dict[str, torch.Tensor], ...]:
+    """Normalised (N, 1, 28, 28) images: `train_size` training and 2k validation images drawn (seed 42) from the 60k
+    training set, and the full 10k test set."""
+    from image_classification import FASHION_MNIST_DIR, FASHION_MNIST_MEAN, FASHION_MNIST_STD, read_idx
+
+    def load(prefix: str) -> dict[str, torch.Tensor]:
+        images = read_idx(f"{FASHION_MNIST_DIR}/{prefix}-images-idx3-ubyte.gz")
+        labels = read_idx(f"{FASHION_MNIST_DIR}/{prefix}-labels-idx1-ubyte.gz")
+        pixels = (torch.tensor(images, dtype=torch.float32) / 255 - FASHION_MNIST_MEAN) / FASHION_MNIST_STD
+        return {"pixel_values": pixels.unsqueeze(1), "labels": torch.tensor(labels, dtype=torch.long)}
+
+    train, test = load("train"), load("t10k")
+    order = torch.randperm(len(train["labels"]), generator=torch.Generator().manual_seed(42))
+    n_train, n_val, n_test = (512, 256, 1000) if quick else (train_size, 2000, len(test["labels"]))
+    pick = lambda rows, idx: {k: v[idx] for k, v in rows.items()}  # noqa: E731
+    return pick(train, order[:n_train]), pick(train, order[n_train : n_train + n_val]), pick(test, slice(n_test))
+
+
+def vision_task(model_type: str, **model_args: Any) -> Callable[[bool], TaskData]:
+    def build(quick: bool, train_size: int) -> TaskData:
+        from image_classification import ImageArguments, build_model
+
+        train, validation, test = fashion_mnist_tensors(quick, train_size)
+        model, _ = build_model(ImageArguments(model_type=model_type, **model_args), 10, channels=1, image_size=28)
+        return TaskData(model, Rows(train), Rows(validation), Rows(test), stack)
+
+    return build
+
+
+def text_task(quick: bool, train_size: int) -> TaskData:
+    """MiniLM-L6 on Rotten Tomatoes: the example's 80/10/10 split (seed 42); `train_size` training snippets, 1k
+    validation, the whole test split."""
+    from common import DataArguments, with_splits
+    from datasets import DatasetDict
+    from text_classification import default_model_path, rotten_tomatoes
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
+
+    splits = with_splits(DatasetDict({"train": rotten_tomatoes()}), DataArguments())
+    sizes = {"train": 128, "validation": 128, "test": 128} if quick else {"train": train_size, "validation": 1000}
+    path = default_model_path()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+
+    def encode(split: str) -> Rows:
+        ds = splits[split]
+        ds = ds.select(range(min(sizes.get(split, len(ds)), len(ds))))
+        encoded = tokenizer(list(ds["text"]), truncation=True, max_length=64)
+        labels = list(ds["label"])
+        return Rows([{**{k: v[i] for k, v in encoded.items()}, "labels": labels[i]} for i in range(len(labels))])
+
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
+    return TaskData(model, encode("train"), encode("validation"), encode("test"), DataCollatorWithPadding(tokenizer))
+
+
+NORM_LAYERS = ("bias", "norm", "embeddings")
+"""amp_exclude patterns for 'leave biases, normalisation layers and embeddings unperturbed'."""
+
+TASKS: dict[str, Task] = {
+    "cnn": Task(
+        title="BatchNorm ResNet, 5k Fashion-MNIST images, from scratch",
+        build=vision_task("resnet"),
+        train_size=5000,
+        epochs=20,
+        batch_size=128,
+        optimizer={"optim": "sgd", "optim_args": "momentum=0.9", "learning_rate": 0.05, "weight_decay": 5e-4},
+        grids={"tensor": (0.01, 0.05), "global": (0.05, 0.2), "relative": (0.002, 0.005)},
+    ),
+    "vit": Task(
+        title="ViT (patch 7, width 96, 4 layers), 5k Fashion-MNIST images, from scratch",
+        build=vision_task("vit", patch_size=7, vit_hidden_size=96, vit_num_layers=4, vit_num_heads=3),
+        train_size=5000,
+        epochs=20,
+        batch_size=128,
+        optimizer={"optim": "adamw_torch", "learning_rate": 1e-3, "weight_decay": 0.05},
+        grids={"tensor": (0.01, 0.05), "global": (0.05, 0.2), "relative": (0.002, 0.005)},
+    ),
+    "text": Task(
+        title="MiniLM-L6 (pretrained) fine-tuned on 3k Rotten Tomatoes snippets",
+        build=text_task,
+        train_size=3000,
+        epochs=3,
+        batch_size=32,
+        optimizer={"optim": "adamw_torch", "learning_rate": 5e-5, "weight_decay": 0.01},
+        grids={"tensor": (0.005, 0.02), "global": (0.02, 0.1), "relative": (0.0005, 0.002)},
+        quick_epochs=0.5,
+    ),
+}
+
+
+# ------------------------------------------------------------------------------------------------ training
+def evaluate(model: torch.nn.Module, data: torch.utils.data.Dataset, collator: Callable, batch_size: int = 500):
+    """(mean cross-entropy, error rate) on `data`, in eval mode; the model's mode is put back afterwards."""
+    was_training = model.training
+    model.eval()
+    loss_sum, wrong, count = 0.0, 0, 0
+    with torch.no_grad():
+        for start in range(0, len(data), batch_size):
+            batch = collator([data[i] for i in range(start, min(start + batch_size, len(data)))])
+            labels = batch.pop("labels")
+            logits = model(**batch).logits
+            loss_sum += torch.nn.functional.cross_entropy(logits, labels, reduction="sum").item()
+            wrong += (logits.argmax(-1) != labels).sum().item()
+            count += len(labels)
+    model.train(was_training)
+    return loss_sum / count, wrong / count
+
+
+def run_one(spec: RunSpec) -> dict[str, Any]:
+    """Trains one run in this (worker) process; returns its errors, time and curves."""
+    torch.set_num_threads(1)
+    from transformers import PrinterCallback, Trainer, TrainerCallback, set_seed
+
+    from amp_hf import AMPTrainer, AMPTrainingArguments
+
+    task = TASKS[spec.task]
+    set_seed(spec.seed)  # the model's initialisation (the fresh head of the text model) follows the seed
+    data = task.build(spec.quick, task.train_size)
+    epochs = task.quick_epochs if spec.quick else task.epochs
+    steps_per_epoch = math.ceil(len(data.train) / task.batch_size)
+    args = AMPTrainingArguments(
+        output_dir=str(OUTPUTS / "trainer"),  # nothing is saved there (save_strategy="no")
+        per_device_train_batch_size=task.batch_size,
+        num_train_epochs=epochs,
+        lr_scheduler_type="cosine",
+        warmup_steps=0.05,
+        seed=spec.seed,
+        logging_steps=max(1, steps_per_epoch // 4),
+        eval_strategy="no",
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        log_level="error",
+        amp_epsilon=spec.epsilon,
+        amp_norm=spec.norm,
+        amp_inner_steps=spec.inner_steps,
+        amp_interval=spec.interval,
+        amp_start_step=int(spec.start * math.ceil(steps_per_epoch * epochs)),
+        amp_exclude=list(spec.exclude),
+        **task.optimizer,
+    )
+    curves: dict[str, list[float]] = {"curve_epoch": [], "curve_val_loss": [], "curve_val_error": []}
+    eval_seconds = [0.0]
+
+    class EpochEval(TrainerCallback):
+        """Validation loss and error after each epoch, timed so that the training time excludes it."""
+
+        def on_epoch_end(self, args, state, control, model=None, **kwargs):
+            start = time.perf_counter()
+            loss, error = evaluate(model, data.validation, data.collator)
+            curves["curve_epoch"].append(round(state.epoch, 3))
+            curves["curve_val_loss"].append(loss)
+            curves["curve_val_error"].append(error)
+            eval_seconds[0] += time.perf_counter() - start
+
+    trainer_cls = Trainer if spec.method == "erm" else AMPTrainer
+    trainer = trainer_cls(
+        model=data.model, args=args, train_dataset=data.train, data_collator=data.collator, callbacks=[EpochEval()]
+    )
+    trainer.remove_callback(PrinterCallback)  # the log lines of two workers would interleave; the summary says it all
+    start = time.perf_counter()
+    trainer.train()
+    train_seconds = time.perf_counter() - start - eval_seconds[0]
+    history = trainer.state.log_history
+    val_loss, val_error = evaluate(trainer.model, data.validation, data.collator)
+    test_loss, test_error = evaluate(trainer.model, data.test, data.collator)
+    return {
+        "spec": asdict(spec),
+        "key": spec.key(),
+        "label": spec.label(),
+        "val_error": val_error,
+        "val_loss": val_loss,
+        "test_error": test_error,
+        "test_loss": test_loss,
+        "train_seconds": round(train_seconds, 2),
+        "train_loss": [(h["epoch"], h["loss"]) for h in history if "loss" in h],
+        "amp_skipped": sum(h.get("amp_skipped", 0) for h in history),
+        **curves,
+    }
+
+
+def run_all(specs: list[RunSpec], workers: int, cache: Path) -> dict[RunSpec, dict[str, Any]]:
+    """Runs what the cache lacks, `workers` at a time, longest first; appends each result to the cache."""
+    cached = {}
+    if cache.exists():
+        for line in cache.read_text().splitlines():
+            row = json.loads(line)
+            cached[row["key"]] = row
+    results = {s: cached[s.key()] for s in specs if s.key() in cached}
+    todo = sorted({s for s in specs if s not in results}, key=lambda s: -_cost(s))
+    if todo:
+        print(f"{len(todo)} runs to do ({len(results)} cached)", flush=True)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        for spec, row in zip(todo, pool.map(run_one, todo)):
+            results[spec] = row
+            with cache.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            print(
+                f"  {spec.task:5} seed {spec.seed:4} {row['label']:45} val {row['val_error']:.4f} "
+                f"test {row['test_error']:.4f}  {row['train_seconds']:.0f} s",
+                flush=True,
+            )
+    return results
+
+
+def _cost(spec: RunSpec) -> float:
+    """Relative run time, to start the long runs first."""
+    passes = 1 if spec.method == "erm" else 1 + spec.inner_steps / spec.interval
+    return passes * TASKS[spec.task].epochs * (4 if spec.task == "text" else 1)
+
+
+# ------------------------------------------------------------------------------------------------ the study
+def plan(task_name: str, seeds: list[int], quick: bool) -> tuple[list[RunSpec], Callable[[dict], list[RunSpec]]]:
+    """The runs that need no choice (ERM, the defaults, the ε grid), and a function giving the rest from their
+    results: each norm's ε picked on validation, then the frontier of the best of them."""
+    task = TASKS[task_name]
+    tuning_seed = seeds[0] if quick else TUNING_SEED  # quick: the grid runs double as the tuned runs
+    erm = [RunSpec(task_name, "erm", s, quick) for s in seeds]
+    defaults = [RunSpec(task_name, "amp", s, quick) for s in seeds]  # AMPConfig's defaults: ε = 0.5 per tensor
+    grid = [
+        RunSpec(task_name, "amp", tuning_seed, quick, epsilon=eps, norm=norm, exclude=task.exclude)
+        for norm, values in task.grids.items()
+        for eps in (values[:1] if quick else values)
+    ]
+    first = [*erm, *defaults, RunSpec(task_name, "erm", tuning_seed, quick), *grid]
+
+    def second(done: dict[RunSpec, dict]) -> list[RunSpec]:
+        best = tuned_choices(task_name, grid, done)
+        tuned = [replace(spec, seed=s) for spec in best.values() for s in seeds]
+        winner = min(best.values(), key=lambda spec: done[spec]["val_error"])
+        frontier = [replace(winner, seed=s, **change) for change in FRONTIER for s in seeds]
+        return tuned + frontier
+
+    return first, second
+
+
+FRONTIER = ({"interval": 2}, {"interval": 4}, {"inner_steps": 2})
+
+
+def tuned_choices(task_name: str, grid: list[RunSpec], done: dict[RunSpec, dict]) -> dict[str, RunSpec]:
+    """For each norm, the grid run with the lowest validation error (ties: the smaller ε)."""
+    best: dict[str, RunSpec] = {}
+    for spec in grid:
+        current = best.get(spec.norm)
+        if current is None or done[spec]["val_error"] < done[current]["val_error"]:
+            best[spec.norm] = spec
+    return best
+
+
+def summarise(task_name: str, seeds: list[int], done: dict[RunSpec, dict], second: list[RunSpec]) -> dict[str, Any]:
+    """Per method: test error mean ± std over seeds, the paired difference to ERM, the relative error reduction,
+    the time ratio to ERM (median of per-seed ratios)."""
+    by_label: dict[str, dict[int, dict]] = {}
+    for spec, row in done.items():
+        if spec.task == task_name and spec.seed in seeds:
+            by_label.setdefault(row["label"], {})[spec.seed] = row
+    erm = by_label["ERM"]
+    methods = {}
+    for label, rows in by_label.items():
+        paired = [rows[s]["test_error"] - erm[s]["test_error"] for s in seeds if s in rows and s in erm]
+        errors = [rows[s]["test_error"] for s in seeds if s in rows]
+        erm_mean = statistics.mean(erm[s]["test_error"] for s in seeds)
+        methods[label] = {
+            "test_error_mean": statistics.mean(errors),
+            "test_error_std": statistics.stdev(errors) if len(errors) > 1 else 0.0,
+            "test_errors": errors,
+            "val_error_mean": statistics.mean(rows[s]["val_error"] for s in seeds if s in rows),
+            "paired_difference_mean": statistics.mean(paired),
+            "paired_difference_std": statistics.stdev(paired) if len(paired) > 1 else 0.0,
+            "relative_error_reduction": (erm_mean - statistics.mean(errors)) / erm_mean,
+            "time_vs_erm": statistics.median(rows[s]["train_seconds"] / erm[s]["train_seconds"] for s in seeds),
+            "wins_over_erm": sum(d < 0 for d in paired),
+        }
+    tuned = [spec for spec in second if spec.interval == 1 and spec.inner_steps == 1]
+    winner = next((s for s in second if s.interval != 1), None)
+    recommended = replace(winner, interval=1, seed=seeds[0]).label() if winner else None
+    frontier = {}
+    if recommended:
+        full_gain = -methods[recommended]["paired_difference_mean"]
+        for label, m in methods.items():
+            if label == recommended or label.startswith(recommended + ","):
+                gain = -m["paired_difference_mean"]
+                frontier[label] = {
+                    "time_vs_erm": m["time_vs_erm"],
+                    "test_error_mean": m["test_error_mean"],
+                    "share_of_full_gain": gain / full_gain if full_gain > 0 else None,
+                }
+    return {
+        "title": TASKS[task_name].title,
+        "methods": methods,
+        "tuned": sorted({replace(s, seed=0).label() for s in tuned}),
+        "recommended": recommended,
+        "frontier": frontier,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------- plots
+def plot(summary: dict[str, Any], done: dict[RunSpec, dict], seeds: list[int], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(summary)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4.8), squeeze=False)
+    for ax, name in zip(axes[0], tasks):
+        methods = {k: v for k, v in summary[name]["methods"].items() if ", every" not in k and ", K=" not in k}
+        labels = list(methods)
+        for i, label in enumerate(labels):
+            m = methods[label]
+            errors = [100 * e for e in m["test_errors"]]
+            color = "tab:gray" if label == "ERM" else "tab:blue"
+            ax.bar(i, 100 * m["test_error_mean"], yerr=100 * m["test_error_std"], color=color, alpha=0.6, capsize=4)
+            ax.scatter([i] * len(errors), errors, color="black", s=10, zorder=3)
+        ax.set_xticks(range(len(labels)), labels, rotation=35, ha="right", fontsize=8)
+        ax.set_ylabel("test error (%)")
+        erm = 100 * methods["ERM"]["test_error_mean"]
+        low = min(100 * min(m["test_errors"]) for m in methods.values())
+        ax.set_ylim(max(0, low - 2), None)
+        ax.axhline(erm, color="tab:gray", lw=0.8, ls="--")
+        ax.set_title(f"{name}: mean ± std over {len(seeds)} seeds", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out / "accuracy.png", dpi=110)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
+    for ax, name in zip(axes[0], tasks):
+        methods = summary[name]["methods"]
+        points = {"ERM": methods["ERM"], **{k: methods[k] for k in summary[name]["frontier"]}}
+        for label, m in points.items():
+            ax.errorbar(
+                m["time_vs_erm"], 100 * m["test_error_mean"], yerr=100 * m["test_error_std"], fmt="o", capsize=3
+            )
+            ax.annotate(
+                label.split(", ", 1)[-1] if label != "ERM" else "ERM",
+                (m["time_vs_erm"], 100 * m["test_error_mean"]),
+                fontsize=7,
+                xytext=(4, 4),
+                textcoords="offset points",
+            )
+        ax.set_xlabel("training time / ERM's (median over seeds)")
+        ax.set_ylabel("test error (%)")
+        ax.set_title(f"{name}: {summary[name]['recommended'] or ''}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out / "frontier.png", dpi=110)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(2, len(tasks), figsize=(5 * len(tasks), 6.5), squeeze=False)
+    for col, name in enumerate(tasks):
+        recommended = summary[name]["recommended"]
+        for spec, row in sorted(done.items(), key=lambda item: item[1]["label"]):
+            if spec.task != name or spec.seed != seeds[0] or row["label"] not in ("ERM", recommended):
+                continue
+            color = "tab:gray" if row["label"] == "ERM" else "tab:blue"
+            epochs, losses = zip(*row["train_loss"])
+            axes[0][col].plot(epochs, losses, color=color, label=row["label"])
+            axes[1][col].plot(row["curve_epoch"], row["curve_val_loss"], color=color, marker=".", label=row["label"])
+        axes[0][col].set_title(f"{name}: training loss (clean batch), seed {seeds[0]}", fontsize=9)
+        axes[0][col].set_yscale("log")
+        axes[1][col].set_title(f"{name}: validation loss", fontsize=9)
+        axes[1][col].set_xlabel("epoch")
+        axes[0][col].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "loss_curves.png", dpi=110)
+    plt.close(fig)
+
+
+def table(summary: dict[str, Any]) -> str:
+    """The README's table, in Markdown."""
+    lines = [
+        "| task | method | test error (mean ± std) | paired Δ vs ERM | rel. error reduction | seeds better "
+        "| time vs ERM |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, task in summary.items():
+        for label, m in task["methods"].items():
+            mark = " (recommended)" if label == task["recommended"] else ""
+            lines.append(
+                f"| {name} | {label}{mark} | {100 * m['test_error_mean']:.2f} ± {100 * m['test_error_std']:.2f}% | "
+                f"{100 * m['paired_difference_mean']:+.2f} ± {100 * m['paired_difference_std']:.2f} | "
+                f"{100 * m['relative_error_reduction']:+.1f}% | {m['wins_over_erm']}/{len(m['test_errors'])} | "
+                f"{m['time_vs_erm']:.2f}× |"
+            )
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------- main
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny data and budgets, one seed: a smoke run")
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--workers", type=int, default=2, help="runs at a time (one thread each)")
+    parser.add_argument("--out", type=Path, default=None, help="default: benchmarks/results (quick: outputs/)")
+    parser.add_argument("--cache", type=Path, default=OUTPUTS / "runs.jsonl", help="finished runs, reused")
+    cli = parser.parse_args()
+    seeds = cli.seeds[:1] if cli.quick else cli.seeds
+    out = cli.out or (OUTPUTS / "quick" if cli.quick else RESULTS)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+
+    plans = {name: plan(name, seeds, cli.quick) for name in cli.tasks}
+    done = run_all([spec for first, _ in plans.values() for spec in first], cli.workers, cli.cache)
+    seconds = {name: second(done) for name, (_, second) in plans.items()}
+    done.update(run_all([spec for specs in seconds.values() for spec in specs], cli.workers, cli.cache))
+
+    summary = {name: summarise(name, seeds, done, seconds[name]) for name in cli.tasks}
+    import accelerate
+    import transformers
+
+    report = {
+        "command": "python benchmarks/accuracy.py " + " ".join(sys.argv[1:]),
+        "versions": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "accelerate": accelerate.__version__,
+            "python": platform.python_version(),
+        },
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.platform()}; "
+        f"{cli.workers} runs at a time, one thread each",
+        "wall_seconds": round(time.perf_counter() - started),
+        "seeds": seeds,
+        "tuning_seed": TUNING_SEED,
+        "tasks": {
+            name: {
+                "epochs": TASKS[name].quick_epochs if cli.quick else TASKS[name].epochs,
+                "batch_size": TASKS[name].batch_size,
+                "optimizer": TASKS[name].optimizer,
+                "grids": TASKS[name].grids,
+                **summary[name],
+            }
+            for name in cli.tasks
+        },
+        "runs": [done[spec] for spec in sorted(done, key=lambda s: (s.task, s.label(), s.seed))],
+    }
+    (out / "accuracy.json").write_text(json.dumps(report, indent=1) + "\n")
+    plot(summary, done, seeds, out)
+    print(table(summary))
+    print(
+        f"wrote {out}/accuracy.json, accuracy.png, frontier.png, loss_curves.png "
+        f"({report['wall_seconds']} s, {len(done)} runs)"
+    )
+
+
+if __name__ == "__main__":
+    main()
