@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from accuracy import RunSpec, plan, summarise  # noqa: E402
 
 
 def _row(spec: RunSpec, val: float, test: float, seconds: float) -> dict:
-    return {"label": spec.label(), "val_error": val, "test_error": test, "train_seconds": seconds}
+    return {"spec": asdict(spec), "label": spec.label(), "val_error": val, "test_error": test, "train_seconds": seconds}
 
 
 def test_epsilon_is_chosen_on_validation_and_statistics_are_paired():
@@ -35,20 +36,21 @@ def test_epsilon_is_chosen_on_validation_and_statistics_are_paired():
     for s in grid:
         better = s.norm == "tensor" and s.epsilon == max(g.epsilon for g in grid if g.norm == "tensor")
         done[s] = _row(s, 0.05 if better else 0.09, 0.5 if better else 0.01, 20.0)
-    rest = second(done)
-    chosen = {s.norm: s.epsilon for s in rest if s.interval == 1 and s.inner_steps == 1}
+    rest, recommended = second(done)
+    chosen = {s.norm: s.epsilon for s in rest if s.interval == 1 and s.inner_steps == 1 and not s.start}
     assert chosen["tensor"] == max(accuracy.TASKS["cnn"].grids["tensor"])
-    frontier = [s for s in rest if s.interval != 1 or s.inner_steps != 1]
+    frontier = [s for s in rest if s.interval != 1 or s.inner_steps != 1 or s.start]
     assert {(s.norm, s.epsilon) for s in frontier} == {("tensor", chosen["tensor"])}
-    assert {(s.interval, s.inner_steps) for s in frontier} == {(2, 1), (4, 1), (1, 2)}
+    assert {(s.interval, s.inner_steps, s.start) for s in frontier} == {(2, 1, 0), (4, 1, 0), (1, 2, 0), (1, 1, 0.5)}
+    assert recommended == RunSpec("cnn", "amp", 0, epsilon=chosen["tensor"]).label()
 
     erm_errors = {0: 0.10, 1: 0.12, 2: 0.14}
     for s in done:
         if s.method == "erm" and s.seed in seeds:
             done[s] = _row(s, 0.1, erm_errors[s.seed], 10.0)
     for s in rest:  # the recommended run: 0.02 better than ERM on every seed, twice the time
-        done[s] = _row(s, 0.1, erm_errors[s.seed] - 0.02, 20.0 if s.interval == 1 else 15.0)
-    summary = summarise("cnn", seeds, done, rest)
+        done[s] = _row(s, 0.1, erm_errors[s.seed] - 0.02, 15.0 if s.interval == 2 else 20.0)
+    summary = summarise("cnn", seeds, done, (rest, recommended))
     best = summary["methods"][summary["recommended"]]
     assert best["paired_difference_mean"] == pytest.approx(-0.02)
     assert best["paired_difference_std"] == pytest.approx(0.0, abs=1e-12)
@@ -58,6 +60,8 @@ def test_epsilon_is_chosen_on_validation_and_statistics_are_paired():
     every_two = summary["frontier"][summary["recommended"] + ", every 2"]
     assert every_two["share_of_full_gain"] == pytest.approx(1.0)
     assert every_two["time_vs_erm"] == pytest.approx(1.5)
+    passes = {label.split(", ")[-1]: point["passes_vs_erm"] for label, point in summary["frontier"].items()}
+    assert passes == {"every 2": 1.5, "every 4": 1.25, "from 50%": 1.5, "K=2": 3.0, summary["recommended"]: 2.0}
 
 
 def test_quick_study_runs_end_to_end(tmp_path):
