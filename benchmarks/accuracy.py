@@ -1,23 +1,23 @@
 """What AMP buys: ERM vs AMP on the same models, data, budget and seeds; test error, cost frontier, loss curves.
 
-Three tasks, each in a regime where plain training fits its training set (so a regulariser has something to do):
+Three tasks on small training sets without augmentation (so ERM over-fits and a regulariser has something to do):
   cnn   the example's BatchNorm ResNet from scratch, 5k Fashion-MNIST images, SGD (the paper's setting, scaled down)
-  vit   the example's vision transformer from scratch (a small config), the same 5k images, AdamW
-  text  the pretrained MiniLM-L6 fine-tuned on Rotten Tomatoes snippets, AdamW
+  vit   the example's vision transformer from scratch (a small config), 3k of the same images, AdamW
+  text  the pretrained MiniLM-L6 fine-tuned on 800 Rotten Tomatoes snippets, AdamW
 Vision runs are tested on the full 10k Fashion-MNIST test set, text on the held-out 10% of Rotten Tomatoes.
 
-Methods: ERM (transformers.Trainer); AMP with the reference defaults (ε = 0.5 per tensor); AMP with the per-tensor,
-the global and the relative ball, each with ε chosen from a small grid on the validation split (one tuning seed that
-is not an evaluation seed; the test set is never looked at for a choice); and, for the recommended AMP setting of each
-task (the best of these on validation), the cost frontier: amp_interval 2 and 4, and K = 2.
+Methods: ERM (transformers.Trainer); AMP with the reference defaults (ε = 0.5 per tensor); AMP with each ball of the
+task's grid (per-tensor, global, relative), ε chosen on the validation split with a tuning seed that is not an
+evaluation seed (the test set is never looked at for a choice); and, for the best of these on validation (the
+recommended setting), the cost frontier: amp_interval 2 and 4, AMP in the second half only, and K = 2.
 
-    python benchmarks/accuracy.py                 # the whole study: ~1 h on 2 CPU cores
-    python benchmarks/accuracy.py --quick         # a smoke run of every code path in about a minute
+    python benchmarks/accuracy.py                 # the whole study: ~75 min on 2 CPU cores
+    python benchmarks/accuracy.py --quick         # a smoke run of every code path in 1-2 minutes
     python benchmarks/accuracy.py --tasks cnn --seeds 0 1 2 3 4
 
-Runs go two at a time (one thread each) and are cached in outputs/accuracy/runs.jsonl (--cache), so an interrupted study
-resumes where it stopped. Writes benchmarks/results/accuracy.json (every run, the summary, the command, versions and
-machine) and the plots accuracy.png, frontier.png and loss_curves.png.
+Runs go two at a time (one thread each) and are cached in outputs/accuracy/runs.jsonl (--cache), so an interrupted
+study resumes where it stopped. Writes benchmarks/results/accuracy.json (every run, the summary, the command, versions
+and machine) and the plots accuracy.png, frontier.png and loss_curves.png.
 """
 
 from __future__ import annotations
