@@ -45,6 +45,8 @@ sys.path.insert(0, str(ROOT / "examples"))
 
 import torch  # noqa: E402
 
+from amp_hf.config import AMPConfig  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results"
 OUTPUTS = ROOT / "outputs" / "accuracy"
 TUNING_SEED = 1000
@@ -60,10 +62,10 @@ class RunSpec:
     method: str  # "erm" or "amp"
     seed: int
     quick: bool = False
-    epsilon: float = 0.5
-    norm: str = "tensor"
-    inner_lr: float = 1.0
-    inner_steps: int = 1
+    epsilon: float = AMPConfig.epsilon  # the reference defaults, as AMPTrainingArguments has them
+    norm: str = AMPConfig.norm
+    inner_lr: float = AMPConfig.inner_lr
+    inner_steps: int = AMPConfig.inner_steps
     interval: int = 1
     start: float = 0.0
     """amp_start_step as a fraction of the run's optimizer steps (AMP in the late phase only)."""
@@ -118,7 +120,6 @@ class Task:
     """Variants of the recommended setting for the cost/accuracy frontier (RunSpec fields to change)."""
     trainer_args: dict[str, Any] = field(default_factory=dict)
     """Further TrainingArguments of this task."""
-    """Variants of the recommended setting for the cost/accuracy frontier (RunSpec fields to change)."""
 
 
 class Rows(torch.utils.data.Dataset):
@@ -374,9 +375,11 @@ def _cost(spec: RunSpec) -> float:
 
 
 # ------------------------------------------------------------------------------------------------ the study
-def plan(task_name: str, seeds: list[int], quick: bool) -> tuple[list[RunSpec], Callable[[dict], list[RunSpec]]]:
+def plan(
+    task_name: str, seeds: list[int], quick: bool
+) -> tuple[list[RunSpec], Callable[[dict], tuple[list[RunSpec], str]]]:
     """The runs that need no choice (ERM, the defaults, the ε grid), and a function giving the rest from their
-    results: each norm's ε picked on validation, then the frontier of the best of them."""
+    results (each norm's ε picked on validation, then the frontier of the best of them) and the best one's label."""
     task = TASKS[task_name]
     tuning_seed = seeds[0] if quick else TUNING_SEED  # quick: the grid runs double as the tuned runs
     erm = [RunSpec(task_name, "erm", s, quick) for s in seeds]
