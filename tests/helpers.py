@@ -109,6 +109,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def torchrun_two_processes(*script_and_args: str, timeout: int = 300, **env: str):
+    """Runs `script args...` under torchrun with two CPU processes (one thread each, a free rendezvous port)."""
+    import os
+    import subprocess
+    import sys
+
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    command = [*launcher, "--master_port", str(free_port()), *script_and_args]
+    environment = dict(os.environ, OMP_NUM_THREADS="1", **env)
+    return subprocess.run(command, env=environment, capture_output=True, text=True, timeout=timeout)
+
+
 def params_of(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from helpers import free_port
+from helpers import torchrun_two_processes
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 sys.path.insert(0, str(EXAMPLES))
@@ -91,11 +89,9 @@ def test_missing_offline_asset_names_the_package(tmp_path, monkeypatch):
 
 def test_image_example_with_two_processes(tmp_path):
     """torchrun with two CPU processes (gloo): the script runs unchanged and AMP logs from the DDP run."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port())]
-    cmd += [str(EXAMPLES / "image_classification.py"), "--output_dir", str(tmp_path), "--max_train_samples", "64"]
-    cmd += ["--max_eval_samples", "32", "--ddp_backend", "gloo", *FAST, *TINY_VIT]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    script = [str(EXAMPLES / "image_classification.py"), "--output_dir", str(tmp_path), "--max_train_samples", "64"]
+    script += ["--max_eval_samples", "32", "--ddp_backend", "gloo", *FAST, *TINY_VIT]
+    done = torchrun_two_processes(*script, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("RESULT ") == 1  # printed by rank 0 only
     state = json.loads((tmp_path / "trainer_state.json").read_text())

@@ -4,14 +4,11 @@ The two-process checks run in one torchrun launch (CPU, gloo): see `fsdp_worker.
 (FSDP1, CPU offload) need no process group and run here.
 """
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from helpers import DictDataset, TinyClassifier, free_port, tiny_args
+from helpers import DictDataset, TinyClassifier, tiny_args, torchrun_two_processes
 from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy
 from transformers import Trainer
 
@@ -21,9 +18,7 @@ WORKER = Path(__file__).with_name("fsdp_worker.py")
 
 
 def test_fsdp2_two_processes_use_whole_tensor_norms_and_match_one_process_on_the_global_batch():
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port())]
-    done = subprocess.run([*cmd, str(WORKER)], env=env, capture_output=True, text=True, timeout=300)
+    done = torchrun_two_processes(str(WORKER))
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     assert done.stdout.count("ALL OK") == 2
     assert done.stdout.count("sharded norms == whole-tensor norms") == 2
