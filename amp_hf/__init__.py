@@ -5,6 +5,7 @@ Swap `Trainer` for `AMPTrainer` and `TrainingArguments` for `AMPTrainingArgument
 
 from .config import AMPConfig
 from .perturbation import AscentResult, perturbed_weights, project_
+from .process_group import close_process_group
 from .trainer import AMPMixin, AMPSeq2SeqTrainer, AMPTrainer
 from .training_args import AMPArgumentsMixin, AMPSeq2SeqTrainingArguments, AMPTrainingArguments
 
@@ -19,6 +20,7 @@ __all__ = [
     "AMPTrainer",
     "AMPTrainingArguments",
     "AscentResult",
+    "close_process_group",
     "perturbed_weights",
     "project_",
 ]

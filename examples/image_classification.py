@@ -33,6 +33,8 @@ from transformers import (
     ViTImageProcessorPil,
 )
 
+from amp_hf import close_process_group
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (
     DataArguments,
@@ -182,3 +184,4 @@ def main(argv: list[str] | None = None):
 
 if __name__ == "__main__":
     main()
+    close_process_group()  # torchrun / accelerate launch on CPU: see amp_hf/process_group.py

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from datasets import ClassLabel, Dataset, load_dataset
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
+from amp_hf import close_process_group
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (
     DataArguments,
@@ -101,3 +103,4 @@ def main(argv: list[str] | None = None):
 
 if __name__ == "__main__":
     main()
+    close_process_group()  # torchrun / accelerate launch on CPU: see amp_hf/process_group.py
