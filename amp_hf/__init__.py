@@ -4,7 +4,7 @@ Swap `Trainer` for `AMPTrainer` and `TrainingArguments` for `AMPTrainingArgument
 """
 
 from .config import AMPConfig
-from .perturbation import AscentResult, perturbed_weights, project_
+from .perturbation import AscentResult, perturbed_weights, project_, save_buffers
 from .process_group import close_process_group
 from .trainer import AMPMixin, AMPSeq2SeqTrainer, AMPTrainer
 from .training_args import AMPArgumentsMixin, AMPSeq2SeqTrainingArguments, AMPTrainingArguments
@@ -23,4 +23,5 @@ __all__ = [
     "close_process_group",
     "perturbed_weights",
     "project_",
+    "save_buffers",
 ]

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
+from torch.profiler import record_function
 from transformers import Seq2SeqTrainer, Trainer
 
 try:  # public since torch 2.6; builds without distributed support have no FSDP2
@@ -36,7 +37,7 @@ except ImportError:  # pragma: no cover - depends on the torch build
     CPUOffloadPolicy = FSDPModule = None
 
 from .config import AMPConfig
-from .perturbation import AscentResult, is_sharded, perturbed_weights
+from .perturbation import AscentResult, is_sharded, perturbed_weights, save_buffers
 from .running_stats import RunningStatsSnapshot
 
 logger = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ class AMPMixin:
         super().__init__(*args, **kwargs)
         self.amp_config = self._read_amp_config(announce_defaults=True)
         self._amp_parameters_cache: tuple[int, list[tuple[str, torch.nn.Parameter]]] | None = None
+        self._amp_saved: tuple[list[tuple], list[torch.Tensor]] | None = None
         self._amp_window = _MetricsWindow()
 
     # ----------------------------------------------------------------------------------------------- configuration
@@ -106,7 +108,18 @@ class AMPMixin:
         self.amp_config = self._read_amp_config()
         self._amp_parameters_cache = None
         self._amp_window = _MetricsWindow()
-        return super().train(*args, **kwargs)
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            self._amp_saved = None  # θ's buffers live from the first AMP step to the end of training
+
+    def _amp_saved_buffers(self, params: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Where θ is kept during each AMP step: allocated once, reused every step (see `save_buffers`)."""
+        key = [(id(p), p.shape, p.dtype, p.device) for p in params]
+        if self._amp_saved is None or self._amp_saved[0] != key:
+            self._amp_saved = None  # free the old buffers before allocating new ones
+            self._amp_saved = (key, save_buffers(params))
+        return self._amp_saved[1]
 
     def amp_parameters(self, model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
         """(name, parameter) of every tensor AMP perturbs: trainable, and not matched by `amp_exclude`.
@@ -157,7 +170,10 @@ class AMPMixin:
             return loss, grads
 
         try:
-            with perturbed_weights(params, ascent_gradient, self.amp_config) as ascent:
+            with (
+                perturbed_weights(params, ascent_gradient, self.amp_config, self._amp_saved_buffers(params)) as ascent,
+                record_function("amp.descent_pass"),
+            ):
                 amp_loss = super().training_step(model, inputs, num_items_in_batch)
         finally:
             if stats is not None:

@@ -12,6 +12,7 @@ same steps, as extra bytes in units of the model's parameter bytes.
 
     python benchmarks/cost.py             # tiny BERT, MiniLM-L6, the example ViT (~10 minutes on 2 CPU cores)
     python benchmarks/cost.py --quick     # tiny BERT only, a few rounds
+    python benchmarks/cost.py --profile   # where AMP's step time goes, by torch.profiler ranges (~2 minutes)
 """
 
 from __future__ import annotations
@@ -160,6 +161,72 @@ def time_model(name: str, build, rounds: int) -> dict:
     return {"forward_backward_s": fb, "optimizer_step_s": opt, "rounds": rounds, "settings": rows}
 
 
+# ---------------------------------------------------------------------------------------------- profile
+AMP_PHASES = ("amp.save", "amp.ascent_pass", "amp.step_and_project", "amp.set_weights", "amp.descent_pass",
+              "amp.restore")  # fmt: skip
+"""The ranges perturbed_weights and AMPTrainer name for torch.profiler, in the order a step runs them."""
+
+
+def profile_model(name: str, build, steps: int) -> dict:
+    """Where an AMP K=1 step's time goes beyond its ideal (two ERM passes and one optimizer step), from torch.profiler.
+
+    ERM and AMP steps alternate under one profiler; every time is the mean CPU time of a named range per step. The
+    overhead is split into: the ascent pass against an ERM pass (`torch.autograd.grad` instead of `backward`), the
+    descent pass against an ERM pass, AMP's own arithmetic (save θ, Δ and its projection, θ + Δ, restore), and the
+    rest of the step (Python glue).
+    """
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    model, batch = build()
+    model.train()
+    erm, amp = make_trainer(Trainer, model), make_trainer(AMPTrainer, model, amp_inner_steps=1)
+
+    def erm_step(step: int) -> None:
+        with record_function("erm.step"):
+            with record_function("erm.pass"):
+                erm.training_step(model, dict(batch))
+            with record_function("optimizer"):
+                optimizer_step(erm)
+
+    def amp_step(step: int) -> None:
+        amp.state.global_step = step
+        with record_function("amp.step"):
+            amp.training_step(model, dict(batch))
+            with record_function("optimizer"):
+                optimizer_step(amp)
+
+    for step in range(2):  # warm-up
+        erm_step(step)
+        amp_step(step)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for step in range(steps):
+            erm_step(step)
+            amp_step(step)
+    totals = {e.key: e.cpu_time_total / 1e6 for e in prof.key_averages() if e.key.split(".")[0] in ("amp", "erm")}
+    per_step = {key: totals.get(key, 0.0) / steps for key in ("erm.step", "erm.pass", "amp.step", *AMP_PHASES)}
+    optimizer = per_step["erm.step"] - per_step["erm.pass"]  # the optimizer range, from the ERM side
+    ideal = 2 * per_step["erm.pass"] + optimizer
+    arithmetic = sum(per_step[k] for k in ("amp.save", "amp.step_and_project", "amp.set_weights", "amp.restore"))
+    parts = {
+        "ascent pass - ERM pass": per_step["amp.ascent_pass"] - per_step["erm.pass"],
+        "descent pass - ERM pass": per_step["amp.descent_pass"] - per_step["erm.pass"],
+        "AMP arithmetic (save, project, perturb, restore)": arithmetic,
+        "rest of the AMP step (glue)": per_step["amp.step"] - optimizer - arithmetic
+        - per_step["amp.ascent_pass"] - per_step["amp.descent_pass"],
+    }  # fmt: skip
+    result = {
+        "steps": steps,
+        "seconds_per_step": {k: round(v, 5) for k, v in per_step.items()},
+        "amp_step_vs_ideal": round(per_step["amp.step"] / ideal, 3),
+        "overhead_in_ideal_step_units": {k: round(v / ideal, 4) for k, v in parts.items()},
+    }
+    print(f"\n{name}: profiled {steps} ERM and {steps} AMP K=1 steps, alternating")
+    print(f"  AMP step / ideal (2 ERM passes + optimizer step) = {result['amp_step_vs_ideal']}")
+    for key, value in result["overhead_in_ideal_step_units"].items():
+        print(f"  {key:50s} {100 * value:+.2f}% of the ideal step")
+    return result
+
+
 # ----------------------------------------------------------------------------------------------- memory
 def current_rss() -> int:
     with open("/proc/self/statm") as f:
@@ -221,6 +288,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    parser.add_argument("--profile", action="store_true", help="only profile where AMP's step time goes")
     parser.add_argument("--memory-probe", nargs=3, metavar=("MODEL", "SETTING", "STEPS"), help=argparse.SUPPRESS)
     cli = parser.parse_args()
     transformers.logging.set_verbosity_error()
@@ -229,6 +297,13 @@ def main() -> None:
         return
     models = list(MODELS)[:1] if cli.quick else list(MODELS)
     rounds = cli.rounds or (3 if cli.quick else 8)
+    if cli.profile:
+        profiles = {name: profile_model(name, MODELS[name], steps=rounds) for name in models}
+        Path(cli.out).mkdir(parents=True, exist_ok=True)
+        path = Path(cli.out) / ("cost_profile_quick.json" if cli.quick else "cost_profile.json")
+        path.write_text(json.dumps({"command": " ".join([Path(sys.executable).name, *sys.argv]), **profiles}, indent=2))
+        print(f"\nwrote {path}")
+        return
     results = {}
     for name in models:
         results[name] = time_model(name, MODELS[name], rounds)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from amp_hf import AMPConfig, perturbed_weights, project_
+from amp_hf import AMPConfig, perturbed_weights, project_, save_buffers
 
 
 def quadratic_gradient(params, targets):
@@ -70,6 +70,26 @@ def test_restore_is_bit_exact(dtype):
     if dtype == torch.bfloat16:  # why a saved copy is needed: θ + Δ − Δ is not θ in bfloat16
         roundtrip = [(b + d) - d for b, d in zip(before, deltas)]
         assert any(not torch.equal(r, b) for r, b in zip(roundtrip, before))
+
+
+@pytest.mark.parametrize("inner_lr", [1.0, 0.9])  # ζ = 1 skips the multiplication by ζ
+def test_caller_kept_buffers_give_the_same_perturbation_and_are_reused(inner_lr):
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(5, 4)) for _ in range(2)]
+    before = [p.detach().clone() for p in params]
+    fn = quadratic_gradient(params, [torch.randn(5, 4) for _ in params])
+    config = AMPConfig(epsilon=0.3, inner_lr=inner_lr, inner_steps=2, norm="relative")
+    with perturbed_weights(params, fn, config) as fresh:
+        expected = [p.detach().clone() for p in params]
+    buffers = save_buffers(params)
+    storage = [b.data_ptr() for b in buffers]
+    for _ in range(2):  # twice: the buffers are written again, not reallocated
+        with perturbed_weights(params, fn, config, saved=buffers) as kept:
+            for p, e in zip(params, expected):
+                assert torch.equal(p.detach(), e)
+        assert all(torch.equal(p, b) for p, b in zip(params, before))
+    assert float(kept.delta_norm) == float(fresh.delta_norm) > 0
+    assert [b.data_ptr() for b in buffers] == storage and all(torch.equal(b, t) for b, t in zip(buffers, before))
 
 
 def test_an_exception_inside_the_block_still_restores():

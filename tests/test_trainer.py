@@ -151,6 +151,20 @@ def test_interval_and_start_step_choose_the_amp_steps(tmp_path):
     assert passes_per_step == [1, 1, 3, 1, 3, 1, 3]
 
 
+def test_theta_is_saved_into_buffers_allocated_once_and_freed_after_training(tmp_path):
+    storage = []
+
+    class Watching(AMPTrainer):
+        def training_step(self, *args, **kwargs):
+            loss = super().training_step(*args, **kwargs)
+            storage.append([b.data_ptr() for b in self._amp_saved[1]])
+            return loss
+
+    trainer = train(Watching, TinyClassifier(), tmp_path, max_steps=3)
+    assert len(storage) == 3 and storage[0] == storage[1] == storage[2]
+    assert trainer._amp_saved is None  # released when train() returns
+
+
 # --------------------------------------------------------------------------------------- exact restore
 def test_exception_in_descent_pass_leaves_weights_intact(tmp_path):
     class FailingDescent(AMPTrainer):
