@@ -214,7 +214,10 @@ def profile_model(name: str, build, steps: int) -> dict:
         "rest of the AMP step (glue)": per_step["amp.step"] - optimizer - arithmetic
         - per_step["amp.ascent_pass"] - per_step["amp.descent_pass"],
     }  # fmt: skip
+    param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    extra = tensor_peak_bytes(amp, model, batch) - tensor_peak_bytes(erm, model, batch)
     result = {
+        "extra_tensor_peak_in_param_bytes": round(extra / param_bytes, 4),
         "steps": steps,
         "seconds_per_step": {k: round(v, 5) for k, v in per_step.items()},
         "amp_step_vs_ideal": round(per_step["amp.step"] / ideal, 3),
@@ -224,7 +227,33 @@ def profile_model(name: str, build, steps: int) -> dict:
     print(f"  AMP step / ideal (2 ERM passes + optimizer step) = {result['amp_step_vs_ideal']}")
     for key, value in result["overhead_in_ideal_step_units"].items():
         print(f"  {key:50s} {100 * value:+.2f}% of the ideal step")
+    print(
+        f"  extra peak of live tensors, AMP K=1 over ERM: {result['extra_tensor_peak_in_param_bytes']}x parameter bytes"
+    )
     return result
+
+
+def tensor_peak_bytes(trainer, model, batch, steps: int = 2) -> int:
+    """The peak of live tensor bytes on the CPU over `steps` steps, from torch.profiler's memory timeline.
+
+    RSS also counts what the allocator keeps or rounds up; this counts tensors only, so AMP's extra peak over ERM
+    reads as what the algorithm holds (one copy of θ) plus anything it holds by mistake.
+    """
+    import tempfile
+    import warnings
+
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
+        for step in range(steps):
+            trainer.state.global_step = step
+            trainer.training_step(model, dict(batch))
+            optimizer_step(trainer)
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # deprecated in favour of a CUDA-only tool; still works on CPU
+        prof.export_memory_timeline(f"{tmp}/timeline.json", device="cpu")
+        _, sizes = json.loads(Path(f"{tmp}/timeline.json").read_text())
+    return max(sum(by_category) for by_category in sizes)
 
 
 # ----------------------------------------------------------------------------------------------- memory
