@@ -1,4 +1,5 @@
-"""The accuracy study's bookkeeping (benchmarks/accuracy.py): the ε choice, the statistics, and a real smoke run."""
+"""The benchmarks: the accuracy study's bookkeeping (the ε choice, the statistics, a real smoke run) and the cost
+benchmark's memory count."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import accuracy  # noqa: E402
+import cost  # noqa: E402
 from accuracy import RunSpec, plan, summarise  # noqa: E402
 
 
@@ -82,3 +84,17 @@ def test_quick_study_runs_end_to_end(tmp_path):
     assert errors["ERM"] != errors["AMP tensor ε=0.5"]  # the defaults really perturbed the weights
     for name in ("accuracy.png", "frontier.png", "loss_curves.png"):
         assert (tmp_path / name).stat().st_size > 10_000
+
+
+def test_amp_holds_exactly_one_extra_copy_of_the_weights_at_its_peak():
+    """cost.py's live-tensor peak: AMP K=1 over ERM is θ's saved copy; a Δ kept into the descent would make it ~2×."""
+    from transformers import Trainer
+
+    from amp_hf import AMPTrainer
+
+    model, batch = cost.tiny_bert()
+    model.train()
+    param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    erm = cost.tensor_peak_bytes(cost.make_trainer(Trainer, model), model, batch)
+    amp = cost.tensor_peak_bytes(cost.make_trainer(AMPTrainer, model, amp_inner_steps=1), model, batch)
+    assert (amp - erm) / param_bytes == pytest.approx(1.0, abs=0.02)
