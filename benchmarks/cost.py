@@ -12,7 +12,7 @@ same steps, as extra bytes in units of the model's parameter bytes.
 
     python benchmarks/cost.py             # tiny BERT, MiniLM-L6, the example ViT (~10 minutes on 2 CPU cores)
     python benchmarks/cost.py --quick     # tiny BERT only, a few rounds
-    python benchmarks/cost.py --profile   # where AMP's step time goes, by torch.profiler ranges (~2 minutes)
+    python benchmarks/cost.py --profile   # where AMP's step time and memory go, by torch.profiler (~3 minutes)
 """
 
 from __future__ import annotations
@@ -317,7 +317,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
-    parser.add_argument("--profile", action="store_true", help="only profile where AMP's step time goes")
+    parser.add_argument("--profile", action="store_true", help="only profile where AMP's step time and memory go")
     parser.add_argument("--memory-probe", nargs=3, metavar=("MODEL", "SETTING", "STEPS"), help=argparse.SUPPRESS)
     cli = parser.parse_args()
     transformers.logging.set_verbosity_error()
