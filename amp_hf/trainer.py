@@ -77,8 +77,8 @@ class AMPMixin:
             raise ValueError(
                 "AMPTrainer does not support DeepSpeed: its engine steps the optimizer inside backward and keeps "
                 "gradients in its own partitioned buffers, so the perturbed weights could be stepped. Run with DDP "
-                "(`accelerate launch --multi_gpu`) instead, or set amp_inner_steps=0 / amp_epsilon=0 for plain "
-                "training."
+                "(`accelerate launch --multi_gpu`), or FSDP2 to shard a large model (examples/accelerate/"
+                "fsdp_gpu.yaml), instead, or set amp_inner_steps=0 / amp_epsilon=0 for plain training."
             )
         if config.enabled and getattr(self, "is_fsdp_enabled", False):
             self._check_fsdp_plugin()
