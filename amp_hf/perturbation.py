@@ -232,8 +232,7 @@ def perturbed_weights(
                 del grads
                 norms = project_(deltas, config.epsilon, config.norm, theta_norms, group)
                 # One host sync per inner step: a non-finite loss or gradient (an fp16 overflow) aborts the ascent.
-                finite = _on_every_process(torch.isfinite(loss) & torch.isfinite(norms).all(), group)
-                finite = bool(finite)
+                finite = bool(_on_every_process(torch.isfinite(loss) & torch.isfinite(norms).all(), group))
             if not finite:
                 _restore_(params, saved)
                 result.skipped = True

@@ -106,6 +106,17 @@ def optimizer_step(trainer) -> None:
     trainer.model.zero_grad(set_to_none=True)
 
 
+def train_step(trainer, model, batch, step: int) -> None:
+    """One optimizer step as the Trainer's loop takes it, at `global_step` = `step` (which AMP's interval reads)."""
+    trainer.state.global_step = step
+    trainer.training_step(model, dict(batch))
+    optimizer_step(trainer)
+
+
+def parameter_bytes(model) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
 def timed(fn) -> float:
     start = time.perf_counter()
     fn()
@@ -119,22 +130,16 @@ def time_model(name: str, build, rounds: int) -> dict:
     erm = trainers["ERM"]
     samples: dict[str, list[float]] = {key: [] for key in [*SETTINGS, "forward/backward", "optimizer step"]}
 
-    def one_step(trainer, step: int) -> None:
-        trainer.state.global_step = step
-        trainer.training_step(model, dict(batch))
-        optimizer_step(trainer)
-
     for trainer in trainers.values():  # warm-up: allocator, lazy initialisations
-        one_step(trainer, 0)
+        train_step(trainer, model, batch, 0)
     for r in range(rounds):
         samples["forward/backward"].append(timed(lambda: erm.training_step(model, dict(batch))))
         samples["optimizer step"].append(timed(lambda: optimizer_step(erm)))
         for key, trainer in trainers.items():
             cycle = trainer.amp_config.interval if key != "ERM" else 1
             # a whole cycle of the interval (one AMP step, interval − 1 ERM steps), per step
-            samples[key].append(
-                timed(lambda t=trainer, c=cycle, r=r: [one_step(t, r * c + i) for i in range(c)]) / cycle
-            )
+            steps = range(r * cycle, (r + 1) * cycle)
+            samples[key].append(timed(lambda t=trainer, s=steps: [train_step(t, model, batch, i) for i in s]) / cycle)
     # Ratios are taken round by round (each setting against the ERM step of the same round), then the median: the
     # machine's drift between rounds cancels. The ideal of a round: passes × (ERM step − optimizer step) + optimizer
     # step, i.e. the ERM step's own forward/backward repeated, from the same round's parts.
@@ -214,7 +219,7 @@ def profile_model(name: str, build, steps: int) -> dict:
         "rest of the AMP step (glue)": per_step["amp.step"] - optimizer - arithmetic
         - per_step["amp.ascent_pass"] - per_step["amp.descent_pass"],
     }  # fmt: skip
-    param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    param_bytes = parameter_bytes(model)
     extra = tensor_peak_bytes(amp, model, batch) - tensor_peak_bytes(erm, model, batch)
     result = {
         "extra_tensor_peak_in_param_bytes": round(extra / param_bytes, 4),
@@ -246,9 +251,7 @@ def tensor_peak_bytes(trainer, model, batch, steps: int = 2) -> int:
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
         for step in range(steps):
-            trainer.state.global_step = step
-            trainer.training_step(model, dict(batch))
-            optimizer_step(trainer)
+            train_step(trainer, model, batch, step)
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # deprecated in favour of a CUDA-only tool; still works on CPU
         prof.export_memory_timeline(f"{tmp}/timeline.json", device="cpu")
@@ -273,7 +276,7 @@ def memory_probe(model_key: str, setting: str, steps: int) -> None:
     model, batch = MODELS[model_key]()
     cls, amp = SETTINGS[setting]
     trainer = make_trainer(cls, model, **amp)
-    param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    param_bytes = parameter_bytes(model)
     base, peak, done = current_rss(), [0], threading.Event()
 
     def sample() -> None:
@@ -284,9 +287,7 @@ def memory_probe(model_key: str, setting: str, steps: int) -> None:
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     for step in range(steps):
-        trainer.state.global_step = step
-        trainer.training_step(model, dict(batch))
-        optimizer_step(trainer)
+        train_step(trainer, model, batch, step)
     done.set()
     sampler.join()
     print(json.dumps({"param_bytes": param_bytes, "peak_growth_bytes": max(peak[0], current_rss()) - base}))

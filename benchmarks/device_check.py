@@ -28,7 +28,7 @@ from transformers import BertConfig, BertForSequenceClassification, Trainer
 from amp_hf import AMPTrainer, AMPTrainingArguments
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cost import make_trainer, optimizer_step
+from cost import make_trainer, optimizer_step, parameter_bytes
 
 CUDA = torch.cuda.is_available()
 failures: list[str] = []
@@ -94,7 +94,7 @@ def cost_check(rounds: int = 10) -> None:
     for name, cls in (("ERM", Trainer), ("AMP", AMPTrainer)):
         model = bert(768, 12 if CUDA else 2).to(device)
         results[name] = (make_trainer(cls, model, use_cpu=not CUDA), model)
-    param_bytes = sum(p.numel() * p.element_size() for p in results["ERM"][1].parameters())
+    param_bytes = parameter_bytes(results["ERM"][1])
 
     def step(name: str) -> float:
         trainer, model = results[name]
