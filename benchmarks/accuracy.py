@@ -2,16 +2,17 @@
 
 Three tasks on small training sets without augmentation (so ERM over-fits and a regulariser has something to do):
   cnn   the example's BatchNorm ResNet from scratch, 5k Fashion-MNIST images, SGD (the paper's setting, scaled down)
-  vit   the example's vision transformer from scratch (a small config), 3k of the same images, AdamW
+  vit   the example's vision transformer from scratch (a small config), 2k of the same images, AdamW
   text  the pretrained MiniLM-L6 fine-tuned on 800 Rotten Tomatoes snippets, AdamW
 Vision runs are tested on the full 10k Fashion-MNIST test set, text on the held-out 10% of Rotten Tomatoes.
 
 Methods: ERM (transformers.Trainer); AMP with the reference defaults (ε = 0.5 per tensor); AMP with each ball of the
 task's grid (per-tensor, global, relative), ε chosen on the validation split with a tuning seed that is not an
-evaluation seed (the test set is never looked at for a choice); and, for the best of these on validation (the
-recommended setting), the cost frontier: amp_interval 2 and 4, AMP in the second half only, and K = 2 (CNN only).
+evaluation seed (the test set is never looked at for a choice); on the evaluation seeds, the best of these on
+validation (the recommended setting) and the best global ball; and, for the recommended setting, the cost frontier:
+amp_interval 2 and 4, AMP in the second half only, and K = 2 (CNN only).
 
-    python benchmarks/accuracy.py                 # the whole study: ~90 min on 2 CPU cores
+    python benchmarks/accuracy.py                 # the whole study: about an hour on 2 CPU cores
     python benchmarks/accuracy.py --quick         # a smoke run of every code path in 1-2 minutes
     python benchmarks/accuracy.py --tasks cnn --seeds 0 1 2 3 4
 
@@ -209,13 +210,15 @@ TASKS: dict[str, Task] = {
         frontier=FRONTIER,
     ),
     "vit": Task(
-        title="ViT (patch 7, width 96, 4 layers), 3k Fashion-MNIST images, from scratch, AdamW",
+        title="ViT (patch 7, width 96, 4 layers), 2k Fashion-MNIST images, from scratch, AdamW",
         build=vision_task("vit", patch_size=7, vit_hidden_size=96, vit_num_layers=4, vit_num_heads=3),
-        train_size=3000,
-        epochs=20,
+        # 2k images for 40 epochs: ERM fits its training set (loss ~0.04 at the end). The first study's 3k images for
+        # 20 epochs left ERM at a training loss of ~0.3, still fitting, where AMP only slowed it down.
+        train_size=2000,
+        epochs=40,
         batch_size=128,
         optimizer={"optim": "adamw_torch", "learning_rate": 1e-3, "weight_decay": 0.05},
-        grids={"tensor": (0.005, 0.02), "global": (0.02, 0.05), "relative": (0.001, 0.003)},
+        grids={"tensor": (0.002, 0.005), "global": (0.02, 0.05), "relative": (0.001, 0.003)},
         frontier=FRONTIER[:3],
     ),
     "text": Task(
@@ -396,8 +399,11 @@ def plan(
 
     def second(done: dict[RunSpec, dict]) -> tuple[list[RunSpec], str]:
         best = tuned_choices(task_name, grid, done) if choose else {grid[0].norm: grid[0]}
-        tuned = [replace(spec, seed=s) for spec in best.values() for s in seeds]
         winner = min(best.values(), key=lambda spec: done[spec]["val_error"]) if choose else grid[0]
+        # The evaluation seeds run the winner and the global-norm variant (the paper's ball); the other balls' ε
+        # choices are reported from the tuning seed only, which keeps the study near an hour.
+        finalists = {winner, *([best["global"]] if "global" in best else [])}
+        tuned = [replace(spec, seed=s) for spec in sorted(finalists, key=RunSpec.label) for s in seeds]
         frontier = [replace(winner, seed=s, **change) for change in task.frontier for s in seeds]
         return tuned + frontier, winner.label()
 
@@ -458,8 +464,14 @@ def summarise(
                     "test_error_mean": m["test_error_mean"],
                     "share_of_full_gain": gain / full_gain if full_gain > 0 else None,
                 }
+    tuning = {
+        row["label"]: row["val_error"]
+        for spec, row in sorted(done.items(), key=lambda item: item[1]["label"])
+        if spec.task == task_name and spec.seed == TUNING_SEED
+    }
     return {
         "title": TASKS[task_name].title,
+        "validation_error_at_tuning_seed": tuning,
         "methods": methods,
         "tuned": sorted({replace(s, seed=0).label() for s in tuned}),
         "recommended": recommended,
@@ -551,6 +563,11 @@ def table(summary: dict[str, Any]) -> str:
                 f"{100 * m['relative_error_reduction']:+.1f}% | {m['wins_over_erm']}/{len(m['test_errors'])} | "
                 f"{m['passes_vs_erm']:.2f} | {m['time_vs_erm']:.2f}× |"
             )
+    for name, task in summary.items():
+        tuning = task["validation_error_at_tuning_seed"]
+        if tuning:
+            choices = ", ".join(f"{label} {100 * error:.2f}%" for label, error in tuning.items())
+            lines.append(f"\n{name}: validation error at the tuning seed {TUNING_SEED}: {choices}")
     return "\n".join(lines)
 
 

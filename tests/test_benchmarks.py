@@ -41,6 +41,7 @@ def test_epsilon_is_chosen_on_validation_and_statistics_are_paired():
     rest, recommended = second(done)
     chosen = {s.norm: s.epsilon for s in rest if s.interval == 1 and s.inner_steps == 1 and not s.start}
     assert chosen["tensor"] == max(accuracy.TASKS["cnn"].grids["tensor"])
+    assert set(chosen) == {"tensor", "global"}  # the evaluation seeds run the winner and the global-norm variant
     frontier = [s for s in rest if s.interval != 1 or s.inner_steps != 1 or s.start]
     assert {(s.norm, s.epsilon) for s in frontier} == {("tensor", chosen["tensor"])}
     assert {(s.interval, s.inner_steps, s.start) for s in frontier} == {(2, 1, 0), (4, 1, 0), (1, 2, 0), (1, 1, 0.5)}
@@ -53,6 +54,8 @@ def test_epsilon_is_chosen_on_validation_and_statistics_are_paired():
     for s in rest:  # the recommended run: 0.02 better than ERM on every seed, twice the time
         done[s] = _row(s, 0.1, erm_errors[s.seed] - 0.02, 15.0 if s.interval == 2 else 20.0)
     summary = summarise("cnn", seeds, done, (rest, recommended))
+    tuning = summary["validation_error_at_tuning_seed"]
+    assert set(tuning) == {"ERM", *(s.label() for s in grid)} and tuning["ERM"] == pytest.approx(0.10)
     best = summary["methods"][summary["recommended"]]
     assert best["paired_difference_mean"] == pytest.approx(-0.02)
     assert best["paired_difference_std"] == pytest.approx(0.0, abs=1e-12)
