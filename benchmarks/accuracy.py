@@ -464,11 +464,13 @@ def summarise(
                     "test_error_mean": m["test_error_mean"],
                     "share_of_full_gain": gain / full_gain if full_gain > 0 else None,
                 }
-    tuning = {
-        row["label"]: row["val_error"]
-        for spec, row in sorted(done.items(), key=lambda item: item[1]["label"])
-        if spec.task == task_name and spec.seed == TUNING_SEED
-    }
+    tuning = dict(  # label → validation error of the ε-selection runs, by label
+        sorted(
+            (row["label"], row["val_error"])
+            for spec, row in done.items()
+            if spec.task == task_name and spec.seed == TUNING_SEED
+        )
+    )
     return {
         "title": TASKS[task_name].title,
         "validation_error_at_tuning_seed": tuning,
