@@ -7,6 +7,7 @@
         Δ ← project(Δ) onto the ball of radius ε   per tensor (reference), over all tensors (paper), or per
                                                    tensor with radius ε·‖θ_p‖ ("relative")
         θ ← θ_saved + Δ;  g ← ∇L_B(θ)              the last of these gradients is the caller's descent pass
+                                                   (the last projection is fused into θ_saved + Δ)
     θ ← θ_saved                                    exactly: copied back, never θ + Δ − Δ
 
 `perturbed_weights` is a context manager: it runs the clean pass and the K − 1 intermediate ascent passes itself,
@@ -124,17 +125,17 @@ def _on_every_process(flag: torch.Tensor, group: dist.ProcessGroup | None) -> to
 
 
 # ------------------------------------------------------------------------------------------ the inner maximisation
-def project_(
+def projection_factors(
     deltas: list[torch.Tensor],
     epsilon: float,
     norm: str,
     theta_norms: torch.Tensor | None = None,
     group: dist.ProcessGroup | None = None,
-) -> torch.Tensor:
-    """Projects Δ in place onto the ball(s) of radius ε; returns the norm of each tensor after projection.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(factor, norm) per tensor: Δ_p·factor_p is Δ_p projected onto its ball; the norm is ‖Δ_p‖ before projecting.
 
-    Per tensor: if ‖Δ_p‖ > ε then Δ_p ← ε·Δ_p / (‖Δ_p‖ + 1e-12). Global: the same with ‖Δ‖ over all tensors, one
-    factor for all. Relative: per tensor, with radius ε·‖θ_p‖ (`theta_norms`), so a tensor at zero stays put.
+    Per tensor: if ‖Δ_p‖ > ε the factor is ε / (‖Δ_p‖ + 1e-12), else 1. Global: the same with ‖Δ‖ over all tensors,
+    one factor for all. Relative: per tensor, with radius ε·‖θ_p‖ (`theta_norms`), so a tensor at zero stays put.
     Factors are computed on the device, so no value travels to the host. With a `group`, `deltas` are local shards
     and every norm is the whole tensor's (see `_norms`), so each process scales its shard by the whole tensor's factor.
     """
@@ -148,18 +149,41 @@ def project_(
     else:
         reference, radius = norms, epsilon
     factors = torch.where(reference > radius, radius / (reference + PROJECTION_EPS), torch.ones_like(reference))
+    return factors, norms
+
+
+def project_(
+    deltas: list[torch.Tensor],
+    epsilon: float,
+    norm: str,
+    theta_norms: torch.Tensor | None = None,
+    group: dist.ProcessGroup | None = None,
+) -> torch.Tensor:
+    """Projects Δ in place onto the ball(s) of radius ε (see `projection_factors`); returns each tensor's norm after."""
+    factors, norms = projection_factors(deltas, epsilon, norm, theta_norms, group)
     torch._foreach_mul_(deltas, list(factors.unbind()))
     return norms * factors
 
 
 def _set_weights_(
-    params: Sequence[torch.Tensor], saved: Sequence[torch.Tensor], deltas: Sequence[torch.Tensor], at_theta: bool
+    params: Sequence[torch.Tensor],
+    saved: Sequence[torch.Tensor],
+    deltas: Sequence[torch.Tensor],
+    at_theta: bool,
+    factors: torch.Tensor | None = None,
 ) -> None:
-    """θ ← θ_saved + Δ, written into the parameters' own storage (no copy needed while they still hold θ)."""
+    """θ ← θ_saved + Δ (or + factors·Δ), written into the parameters' own storage (no copy while they still hold θ).
+
+    With `factors`, Δ's projection is fused into the addition: one pass over the parameters' memory fewer than
+    scaling Δ in place first, for a Δ that is not needed afterwards.
+    """
     with torch.no_grad():
         if not at_theta:
             torch._foreach_copy_(list(params), list(saved))
-        torch._foreach_add_(list(params), list(deltas))
+        if factors is None:
+            torch._foreach_add_(list(params), list(deltas))
+        else:
+            torch._foreach_addcmul_(list(params), list(deltas), list(factors.unbind()))
 
 
 def _restore_(params: Sequence[torch.Tensor], saved: Sequence[torch.Tensor]) -> None:
@@ -230,7 +254,8 @@ def perturbed_weights(
                 else:
                     torch._foreach_add_(deltas, grads, alpha=config.inner_lr)
                 del grads
-                norms = project_(deltas, config.epsilon, config.norm, theta_norms, group)
+                factors, norms = projection_factors(deltas, config.epsilon, config.norm, theta_norms, group)
+                norms = norms * factors  # after projection
                 # One host sync per inner step: a non-finite loss or gradient (an fp16 overflow) aborts the ascent.
                 finite = bool(_on_every_process(torch.isfinite(loss) & torch.isfinite(norms).all(), group))
             if not finite:
@@ -239,7 +264,11 @@ def perturbed_weights(
                 result.delta_norm = torch.zeros((), device=norms.device)
                 break
             with record_function("amp.set_weights"):
-                _set_weights_(params, saved, deltas, at_theta=step == 0)
+                if step < config.inner_steps - 1:  # Δ is kept for the next ascent step: project it in place
+                    torch._foreach_mul_(deltas, list(factors.unbind()))
+                    _set_weights_(params, saved, deltas, at_theta=step == 0)
+                else:  # the last Δ is not kept: θ_saved + factors·Δ, its projection fused into the addition
+                    _set_weights_(params, saved, deltas, at_theta=step == 0, factors=factors)
                 result.delta_norm = torch.linalg.vector_norm(norms)
         del deltas  # not needed by the descent pass: free it before the caller's backward
         yield result

@@ -127,11 +127,12 @@ class AMPMixin:
         Names are those of the model itself, without the `module.` / `_orig_mod.` prefixes of DDP and torch.compile,
         so `amp_exclude` patterns read the same however the run is launched.
         """
-        model = self.accelerator.unwrap_model(model, keep_torch_compile=False)
+        # Keyed by the model as passed: unwrapping it costs ~0.1 ms, as much as the rest of AMP's per-step glue.
         if self._amp_parameters_cache is None or self._amp_parameters_cache[0] != id(model):
+            unwrapped = self.accelerator.unwrap_model(model, keep_torch_compile=False)
             selected = [
                 (name, p)
-                for name, p in model.named_parameters()
+                for name, p in unwrapped.named_parameters()
                 if p.requires_grad and not self.amp_config.is_excluded(name)
             ]
             self._amp_parameters_cache = (id(model), selected)

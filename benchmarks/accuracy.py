@@ -188,7 +188,10 @@ def text_task(quick: bool, train_size: int) -> TaskData:
         ds = ds.select(range(min(sizes.get(split, len(ds)), len(ds))))
         encoded = tokenizer(list(ds["text"]), truncation=True, max_length=64)
         labels = list(ds["label"])
-        return Rows([{**{k: v[i] for k, v in encoded.items()}, "labels": labels[i]} for i in range(len(labels))])
+        rows = [{**{k: v[i] for k, v in encoded.items()}, "labels": labels[i]} for i in range(len(labels))]
+        if split != "train":  # evaluated in order: batches of similar lengths pad little (3x faster than unsorted)
+            rows.sort(key=lambda row: len(row["input_ids"]))
+        return Rows(rows)
 
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
     return TaskData(model, encode("train"), encode("validation"), encode("test"), DataCollatorWithPadding(tokenizer))
@@ -243,7 +246,7 @@ TASKS: dict[str, Task] = {
 
 
 # ------------------------------------------------------------------------------------------------ training
-def evaluate(model: torch.nn.Module, data: torch.utils.data.Dataset, collator: Callable, batch_size: int = 500):
+def evaluate(model: torch.nn.Module, data: torch.utils.data.Dataset, collator: Callable, batch_size: int = 64):
     """(mean cross-entropy, error rate) on `data`, in eval mode; the model's mode is put back afterwards."""
     was_training = model.training
     model.eval()
@@ -320,7 +323,10 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
     trainer.train()
     train_seconds = time.perf_counter() - start - eval_seconds[0]
     history = trainer.state.log_history
-    val_loss, val_error = evaluate(trainer.model, data.validation, data.collator)
+    if len(curve_rows) == len(data.validation) and curves["curve_epoch"][-1:] == [round(trainer.state.epoch, 3)]:
+        val_loss, val_error = curves["curve_val_loss"][-1], curves["curve_val_error"][-1]  # already evaluated there
+    else:
+        val_loss, val_error = evaluate(trainer.model, data.validation, data.collator)
     test_loss, test_error = evaluate(trainer.model, data.test, data.collator)
     return {
         "spec": asdict(spec),
