@@ -56,6 +56,28 @@ def test_inside_the_block_the_weights_sit_at_theta_plus_delta():
     torch.testing.assert_close(p.detach(), torch.tensor([1.0, 1.0]))
 
 
+@pytest.mark.parametrize("norm", ["tensor", "global"])
+def test_projected_ascent_lands_on_the_ball(norm):
+    # The last projection is fused into θ + factor·Δ: with the ball active, the weights must sit on its surface.
+    p = torch.nn.Parameter(torch.tensor([3.0, 4.0]))
+    q = torch.nn.Parameter(torch.tensor([0.0, 0.5]))
+    fn = quadratic_gradient([p, q], [torch.zeros(2), torch.zeros(2)])  # ∇ = θ
+    for steps in (1, 2):
+        with perturbed_weights([p, q], fn, AMPConfig(epsilon=1.0, inner_steps=steps, norm=norm)) as result:
+            delta_p, delta_q = p.detach() - torch.tensor([3.0, 4.0]), q.detach() - torch.tensor([0.0, 0.5])
+        if norm == "tensor":  # p's Δ is clipped to norm 1 along θ_p; q's (0.5, then 1.5 clipped to 1) stays inside
+            torch.testing.assert_close(delta_p, torch.tensor([0.6, 0.8]))
+            assert float(torch.linalg.vector_norm(delta_q)) <= 1.0 + 1e-6
+        else:  # one factor for all: Δ ∥ θ and ‖Δ‖ = 1
+            total = torch.linalg.vector_norm(torch.cat([delta_p, delta_q]))
+            torch.testing.assert_close(total, torch.tensor(1.0))
+            torch.testing.assert_close(delta_p / total, torch.tensor([3.0, 4.0]) / (25.25**0.5))
+        assert float(result.delta_norm) == pytest.approx(
+            float(torch.linalg.vector_norm(torch.cat([delta_p, delta_q]))), rel=1e-5
+        )
+    assert torch.equal(p.detach(), torch.tensor([3.0, 4.0])) and torch.equal(q.detach(), torch.tensor([0.0, 0.5]))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_restore_is_bit_exact(dtype):
     torch.manual_seed(0)
