@@ -12,7 +12,7 @@ evaluation seed (the test set is never looked at for a choice); on the evaluatio
 validation (the recommended setting) and the best global ball; and, for the recommended setting, the cost frontier:
 amp_interval 2 and 4, AMP in the second half only, and K = 2 (CNN only).
 
-    python benchmarks/accuracy.py                 # the whole study: ~80 min on 2 CPU cores
+    python benchmarks/accuracy.py                 # the whole study: ~65 min on 2 CPU cores
     python benchmarks/accuracy.py --quick         # a smoke run of every code path in 1-2 minutes
     python benchmarks/accuracy.py --tasks cnn --seeds 0 1 2 3 4
 

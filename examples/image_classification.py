@@ -6,7 +6,7 @@ out for validation with a fixed seed, and the official 10k test images), a ViT b
 
     python examples/image_classification.py --output_dir out/vit --num_train_epochs 1
     python examples/image_classification.py --output_dir out/cnn --model_type resnet --learning_rate 0.1 --optim sgd \
-        --amp_norm relative --amp_epsilon 0.005        # README "Choosing ε": the starting point for BatchNorm CNNs
+        --amp_norm relative --amp_epsilon 0.005        # README "Choosing ε": a starting point for BatchNorm CNNs
     python examples/image_classification.py --output_dir out/vit --amp_norm tensor --amp_epsilon 0.005 \
         --max_steps 2000 --amp_start_step 1000     # ViT with AdamW: a small per-tensor ball, AMP in the second half
     python examples/image_classification.py --output_dir out/vit --erm            # the same run with plain ERM

@@ -77,6 +77,7 @@ def test_quick_study_runs_end_to_end(tmp_path):
     subprocess.run(command, check=True, env=env, cwd=ROOT, capture_output=True, timeout=600)
     report = json.loads((tmp_path / "accuracy.json").read_text())
     assert {"command", "versions", "machine"} <= set(report)
+    assert report["runs_trained"] == len(report["runs"]) > 0  # a fresh cache: this invocation trained every run
     task = report["tasks"]["cnn"]
     assert task["recommended"] in task["methods"]
     for method in task["methods"].values():
