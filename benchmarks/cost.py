@@ -245,10 +245,11 @@ def profile_model(name: str, build, steps: int) -> dict:
 def unprofiled_share(erm, amp, model, batch, steps: int) -> float:
     """AMP K=1's own arithmetic (save θ, Δ's norms and projection, θ + Δ, restore) over the ideal step, by the clock.
 
-    The profiler adds a fixed cost to every operator it records, which inflates the arithmetic of a model with many
-    small tensors (AMP runs a few operators per tensor). Here the same `perturbed_weights` runs with a stored gradient
-    in place of the ascent pass, and the ideal step (two ERM passes and an optimizer step) is timed the same way;
-    medians over `steps`. At K = 1 and ζ = 1 nothing writes into the gradient, so one stored gradient serves every run.
+    The profiler adds a fixed cost to every operator it records, which can inflate the arithmetic of a model with
+    many small tensors (AMP runs a few operators per tensor). Here the same `perturbed_weights` runs with a stored
+    gradient in place of the ascent pass, and the ideal step (two ERM passes and an optimizer step) is timed the
+    same way; medians over `steps`. At K = 1 and ζ = 1 nothing writes into the gradient, so one stored gradient
+    serves every run.
     """
     params = [p for _, p in amp.amp_parameters(model)]
     saved = amp._amp_saved_buffers(params)
