@@ -344,13 +344,15 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
     }
 
 
+def read_cache(cache: Path) -> dict[str, dict[str, Any]]:
+    """The finished runs in `cache` (one JSON row per line), by key; empty before the first run."""
+    lines = cache.read_text().splitlines() if cache.exists() else []
+    return {row["key"]: row for row in map(json.loads, lines)}
+
+
 def run_all(specs: list[RunSpec], workers: int, cache: Path) -> dict[RunSpec, dict[str, Any]]:
     """Runs what the cache lacks, `workers` at a time, longest first; appends each result to the cache."""
-    cached = {}
-    if cache.exists():
-        for line in cache.read_text().splitlines():
-            row = json.loads(line)
-            cached[row["key"]] = row
+    cached = read_cache(cache)
     results = {s: cached[s.key()] for s in specs if s.key() in cached}
     todo = sorted({s for s in specs if s not in results}, key=lambda s: -_cost(s))
     if todo:
@@ -602,8 +604,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
 
-    lines = cli.cache.read_text().splitlines() if cli.cache.exists() else []
-    cached_before = {json.loads(line)["key"] for line in lines}  # to count the runs this invocation trains
+    cached_before = set(read_cache(cli.cache))  # to count the runs this invocation trains
     plans = {name: plan(name, seeds, cli.quick) for name in cli.tasks}
     done = run_all([spec for first, _ in plans.values() for spec in first], cli.workers, cli.cache)
     seconds = {name: second(done) for name, (_, second) in plans.items()}
