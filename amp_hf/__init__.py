@@ -6,6 +6,7 @@ Swap `Trainer` for `AMPTrainer` and `TrainingArguments` for `AMPTrainingArgument
 from .config import AMPConfig
 from .perturbation import AscentResult, perturbed_weights, project_, save_buffers
 from .process_group import close_process_group
+from .selection import perturbed_parameter_names
 from .trainer import AMPMixin, AMPSeq2SeqTrainer, AMPTrainer
 from .training_args import AMPArgumentsMixin, AMPSeq2SeqTrainingArguments, AMPTrainingArguments
 
@@ -21,6 +22,7 @@ __all__ = [
     "AMPTrainingArguments",
     "AscentResult",
     "close_process_group",
+    "perturbed_parameter_names",
     "perturbed_weights",
     "project_",
     "save_buffers",

@@ -12,9 +12,13 @@ import re
 from dataclasses import dataclass, fields
 from typing import Any
 
-NORMS = ("tensor", "global", "relative")
-"""Allowed `amp_norm` values: one ball per parameter tensor (reference), one ball over all of them (paper), or one
-ball per tensor whose radius is ε times that tensor's norm (scale-aware, in the spirit of AWP)."""
+NORMS = ("tensor", "global", "relative", "elementwise")
+"""Allowed `amp_norm` values: one ball per parameter tensor (reference), one ball over all of them (paper), one ball
+per tensor whose radius is ε times that tensor's norm (scale-aware, in the spirit of AWP), or ASAM's elementwise
+scale-invariant ball over all tensors (Kwon et al., ICML 2021): ‖Δ / (|θ| + 0.01)‖₂ ≤ ε."""
+
+PATTERN_FIELDS = ("include", "exclude")
+"""The fields that hold regular expressions over parameter names."""
 
 
 @dataclass(frozen=True)
@@ -28,13 +32,15 @@ class AMPConfig:
     interval: int = 1
     start_step: int = 0
     exclude: tuple[str, ...] = ()
+    include: tuple[str, ...] = ()
+    """Empty: every trainable parameter is a candidate; otherwise only those whose name matches one pattern."""
+    ascent_fraction: float = 1.0
+    """Share of each micro-batch (its first ⌈f·B⌉ examples) that the ascent passes use; the descent uses all of it."""
 
     def __post_init__(self) -> None:
-        # Normalise `exclude` first: argument parsers hand over lists, and a frozen dataclass wants a tuple.
-        exclude = () if self.exclude is None else self.exclude
-        if isinstance(exclude, str):
-            exclude = (exclude,)
-        object.__setattr__(self, "exclude", tuple(exclude))
+        # Patterns first: argument parsers hand over lists, and a frozen dataclass wants a tuple.
+        for name in PATTERN_FIELDS:
+            object.__setattr__(self, name, _patterns(name, getattr(self, name)))
         self._validate()
 
     def _validate(self) -> None:
@@ -61,16 +67,9 @@ class AMPConfig:
             raise ValueError(f"amp_interval must be an integer >= 1, got {self.interval!r}")
         if integer("start_step", self.start_step) < 0:
             raise ValueError(f"amp_start_step must be an integer >= 0, got {self.start_step!r}")
-        for pattern in self.exclude:
-            if not isinstance(pattern, str) or not pattern:
-                raise ValueError(f"amp_exclude entries must be non-empty regular expressions, got {pattern!r}")
-            try:
-                re.compile(pattern)
-            except re.error as err:
-                raise ValueError(
-                    f"amp_exclude entry {pattern!r} is not a valid regular expression ({err}); "
-                    "entries are matched with re.search against parameter names, e.g. 'bias' or 'LayerNorm'"
-                ) from None
+        fraction = number("ascent_fraction", self.ascent_fraction)
+        if not 0 < fraction <= 1:
+            raise ValueError(f"amp_ascent_fraction must be in (0, 1] (1 = the whole micro-batch), got {fraction!r}")
 
     @property
     def enabled(self) -> bool:
@@ -86,6 +85,12 @@ class AMPConfig:
     def is_excluded(self, parameter_name: str) -> bool:
         return any(re.search(pattern, parameter_name) for pattern in self.exclude)
 
+    def selects(self, parameter_name: str) -> bool:
+        """Whether a trainable parameter of this name is perturbed: matched by `include` (if any), not by `exclude`."""
+        if self.include and not any(re.search(pattern, parameter_name) for pattern in self.include):
+            return False
+        return not self.is_excluded(parameter_name)
+
     @classmethod
     def from_args(cls, args: Any) -> AMPConfig:
         """Reads the `amp_*` attributes of a (Training)Arguments object; missing ones take the defaults."""
@@ -97,3 +102,31 @@ class AMPConfig:
     def missing_from(cls, args: Any) -> list[str]:
         """The `amp_*` argument names that `args` does not define (all of them for a plain TrainingArguments)."""
         return [f"amp_{f.name}" for f in fields(cls) if not hasattr(args, f"amp_{f.name}")]
+
+
+def _patterns(name: str, value: Any) -> tuple[str, ...]:
+    """`amp_<name>` as a tuple of compiled-checked regular expressions; a clear error for anything else.
+
+    A single string is one pattern. Lists and tuples of strings are accepted; everything else (numbers, dicts, bytes,
+    sets, whose iteration would silently give keys, bytes or an arbitrary order) is refused.
+    """
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = (value,)
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(
+            f"amp_{name} must be a list of regular expressions (strings), e.g. ['bias', 'LayerNorm'], "
+            f"got {type(value).__name__} {value!r}"
+        )
+    for pattern in value:
+        if not isinstance(pattern, str) or not pattern:
+            raise ValueError(f"amp_{name} entries must be non-empty regular expressions (strings), got {pattern!r}")
+        try:
+            re.compile(pattern)
+        except re.error as err:
+            raise ValueError(
+                f"amp_{name} entry {pattern!r} is not a valid regular expression ({err}); "
+                "entries are matched with re.search against parameter names, e.g. 'bias' or 'LayerNorm'"
+            ) from None
+    return tuple(value)

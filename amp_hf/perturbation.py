@@ -4,8 +4,10 @@
     Δ ← 0
     repeat K times:
         Δ ← Δ + ζ·g                                raw gradient, no sign, no normalisation
-        Δ ← project(Δ) onto the ball of radius ε   per tensor (reference), over all tensors (paper), or per
-                                                   tensor with radius ε·‖θ_p‖ ("relative")
+                                                   ("elementwise", ASAM: Δ ← Δ + ζ·T²⊙g, T = |θ| + 0.01)
+        Δ ← project(Δ) onto the ball of radius ε   per tensor (reference), over all tensors (paper), per
+                                                   tensor with radius ε·‖θ_p‖ ("relative"), or ‖Δ/T‖ ≤ ε over
+                                                   all tensors ("elementwise")
         θ ← θ_saved + Δ;  g ← ∇L_B(θ)              the last of these gradients is the caller's descent pass
                                                    (the last projection is fused into θ_saved + Δ)
     θ ← θ_saved                                    exactly: copied back, never θ + Δ − Δ
@@ -25,7 +27,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -44,6 +46,9 @@ GradientFn = Callable[[], tuple[torch.Tensor, Sequence[torch.Tensor]]]
 PROJECTION_EPS = 1e-12
 """Added to a norm before dividing by it, as the reference does."""
 
+ELEMENTWISE_ETA = 0.01
+"""ASAM's η: the elementwise scale is T = |θ| + η, so a weight at zero can still move (Kwon et al., 2021)."""
+
 
 @dataclass
 class AscentResult:
@@ -52,9 +57,13 @@ class AscentResult:
     clean_loss: torch.Tensor | None = None
     """L_B(θ), the loss of the clean pass."""
     delta_norm: torch.Tensor | None = None
-    """‖Δ‖₂ over all perturbed tensors together, after projection; 0 when skipped."""
+    """‖Δ‖₂ over all perturbed tensors together, after projection (‖Δ/T‖₂ for 'elementwise'); 0 when skipped."""
     skipped: bool = False
     """True when a loss or gradient of the ascent was not finite: the weights then stay at θ (plain ERM)."""
+    group: dist.ProcessGroup | None = field(default=None, repr=False)
+    """The process group the parameters are sharded over (FSDP2), for decisions every process must share."""
+    restore: Callable[[], None] = field(default=lambda: None, repr=False)
+    """Puts θ back now, inside the `with` block (the exit puts it back anyway)."""
 
 
 # ------------------------------------------------------------------------------ sharded parameters (FSDP2)
@@ -115,7 +124,7 @@ def _norms(tensors: Sequence[torch.Tensor], group: dist.ProcessGroup | None = No
     return squares.sqrt()
 
 
-def _on_every_process(flag: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:
+def on_every_process(flag: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:
     """True where `flag` holds on every process of `group`: shards must all skip a non-finite ascent, or none."""
     if group is None:
         return flag
@@ -125,22 +134,37 @@ def _on_every_process(flag: torch.Tensor, group: dist.ProcessGroup | None) -> to
 
 
 # ------------------------------------------------------------------------------------------ the inner maximisation
+def elementwise_scales(theta: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """ASAM's T = |θ| + η per element, for amp_norm='elementwise' (one θ-sized temporary during the ascent)."""
+    with torch.no_grad():
+        scales = torch._foreach_abs(list(theta))
+        torch._foreach_add_(scales, ELEMENTWISE_ETA)
+    return scales
+
+
 def projection_factors(
     deltas: list[torch.Tensor],
     epsilon: float,
     norm: str,
     theta_norms: torch.Tensor | None = None,
     group: dist.ProcessGroup | None = None,
+    scales: Sequence[torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(factor, norm) per tensor: Δ_p·factor_p is Δ_p projected onto its ball; the norm is ‖Δ_p‖ before projecting.
 
     Per tensor: if ‖Δ_p‖ > ε the factor is ε / (‖Δ_p‖ + 1e-12), else 1. Global: the same with ‖Δ‖ over all tensors,
     one factor for all. Relative: per tensor, with radius ε·‖θ_p‖ (`theta_norms`), so a tensor at zero stays put.
+    Elementwise: global, with ‖Δ_p / T_p‖ (`scales`, from `elementwise_scales`) as each tensor's norm.
     Factors are computed on the device, so no value travels to the host. With a `group`, `deltas` are local shards
     and every norm is the whole tensor's (see `_norms`), so each process scales its shard by the whole tensor's factor.
     """
-    norms = _norms(deltas, group)
-    if norm == "global":
+    if norm == "elementwise":
+        if scales is None:
+            raise ValueError("amp_norm='elementwise' needs the elementwise scales |θ| + 0.01")
+        norms = _norms(torch._foreach_div(deltas, list(scales)), group)
+    else:
+        norms = _norms(deltas, group)
+    if norm in ("global", "elementwise"):
         reference, radius = torch.linalg.vector_norm(norms).expand_as(norms), epsilon
     elif norm == "relative":
         if theta_norms is None:
@@ -158,9 +182,10 @@ def project_(
     norm: str,
     theta_norms: torch.Tensor | None = None,
     group: dist.ProcessGroup | None = None,
+    scales: Sequence[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Projects Δ in place onto the ball(s) of radius ε (see `projection_factors`); returns each tensor's norm after."""
-    factors, norms = projection_factors(deltas, epsilon, norm, theta_norms, group)
+    factors, norms = projection_factors(deltas, epsilon, norm, theta_norms, group, scales)
     torch._foreach_mul_(deltas, list(factors.unbind()))
     return norms * factors
 
@@ -230,13 +255,16 @@ def perturbed_weights(
     # The phases are named for torch.profiler (`amp.*`): that is how benchmarks/cost.py --profile splits a step.
     group = shard_group(params)  # None unless the parameters are FSDP2 shards
     params = local_shards(params)
+    result.group = group
     with record_function("amp.save"), torch.no_grad():
         if saved is None:
             saved = [p.detach().clone() for p in params]  # θ, restored by copy: exact in any dtype
         else:
             saved = list(saved)
             torch._foreach_copy_(saved, params)
+        result.restore = functools.partial(_restore_, params, saved)
         theta_norms = _norms(saved, group) if config.norm == "relative" else None
+        scales = elementwise_scales(saved) if config.norm == "elementwise" else None
     try:
         deltas: list[torch.Tensor] | None = None
         for step in range(config.inner_steps):
@@ -247,6 +275,9 @@ def perturbed_weights(
             with record_function("amp.step_and_project"):
                 # Δ ← Δ + ζ·g. The gradient tensors are fresh, so the first step reuses them as Δ's storage.
                 grads = local_shards(grads)
+                if scales is not None:  # ASAM's step: ζ·T²⊙g
+                    torch._foreach_mul_(grads, scales)
+                    torch._foreach_mul_(grads, scales)
                 if deltas is None:
                     deltas = grads
                     if config.inner_lr != 1.0:  # ζ = 1 is the default: skip a pass over the parameters' memory
@@ -254,10 +285,10 @@ def perturbed_weights(
                 else:
                     torch._foreach_add_(deltas, grads, alpha=config.inner_lr)
                 del grads
-                factors, norms = projection_factors(deltas, config.epsilon, config.norm, theta_norms, group)
+                factors, norms = projection_factors(deltas, config.epsilon, config.norm, theta_norms, group, scales)
                 norms = norms * factors  # after projection
                 # One host sync per inner step: a non-finite loss or gradient (an fp16 overflow) aborts the ascent.
-                finite = bool(_on_every_process(torch.isfinite(loss) & torch.isfinite(norms).all(), group))
+                finite = bool(on_every_process(torch.isfinite(loss) & torch.isfinite(norms).all(), group))
             if not finite:
                 _restore_(params, saved)
                 result.skipped = True
@@ -270,7 +301,7 @@ def perturbed_weights(
                 else:  # the last Δ is not kept: θ_saved + factors·Δ, its projection fused into the addition
                     _set_weights_(params, saved, deltas, at_theta=step == 0, factors=factors)
                 result.delta_norm = torch.linalg.vector_norm(norms)
-        del deltas  # not needed by the descent pass: free it before the caller's backward
+        del deltas, scales  # not needed by the descent pass: free them before the caller's backward
         yield result
     finally:
         with record_function("amp.restore"):

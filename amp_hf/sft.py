@@ -45,8 +45,8 @@ class AMPSFTTrainer(AMPMixin, SFTTrainer):
             self._amp_clean_metrics = None
         return loss
 
-    def _amp_ascent_loss(self, model: torch.nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
-        loss = super()._amp_ascent_loss(model, inputs)
+    def _amp_ascent_loss(self, model: torch.nn.Module, inputs: dict[str, Any], num_items_in_batch=None) -> torch.Tensor:
+        loss = super()._amp_ascent_loss(model, inputs, num_items_in_batch)
         if self._amp_clean_metrics is None:  # the first ascent pass is the clean one, at θ
             metrics = {key: list(values) for key, values in self._metrics["train"].items()}
             self._amp_clean_metrics = (metrics, self._total_train_tokens)

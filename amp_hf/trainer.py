@@ -1,13 +1,21 @@
 """Trainer glue: run the AMP step of `perturbation.py` inside the Hugging Face Trainer's own training step.
 
 Per micro-batch, on an AMP step:
-  1. ascent passes (clean + K − 1): the micro-batch's own **mean** loss (`num_items_in_batch=None`), gradient by
-     `torch.autograd.grad` on the model without its DDP wrapper, unscaled by the fp16 GradScaler's scale. Nothing is
-     written to `.grad` and nothing is communicated, whatever the accumulation, token normalisation or process count.
+  1. ascent passes (clean + K − 1): `compute_loss` as the Trainer calls it, but with the micro-batch's own item count
+     as `num_items_in_batch` (when the Trainer passes a count at all), so every loss path (a model honouring the count
+     or ignoring it, a `compute_loss_func` dividing by it, the label smoother) gives the micro-batch's **mean** loss.
+     Its gradient comes from `torch.autograd.grad` on the model without its DDP wrapper, unscaled by the fp16
+     GradScaler's scale: nothing is written to `.grad` and nothing is communicated, whatever the accumulation or the
+     process count. With `amp_ascent_fraction` < 1 these passes see the head of the micro-batch only (`batch.py`).
   2. descent pass at θ + Δ: `Trainer.training_step` itself, so loss scaling, the label smoother, `compute_loss_func`,
-     custom `compute_loss` overrides, accumulation and DDP gradient sync behave exactly as in the plain Trainer.
-  3. θ is copied back (also on error), running statistics are put back to their post-clean-pass values, and the
-     clean loss is returned on the plain Trainer's scale, so `loss` curves of ERM and AMP runs compare.
+     custom `compute_loss` overrides, accumulation and DDP gradient sync behave exactly as in the plain Trainer. A
+     descent loss that is not finite is never back-propagated: the micro-batch is retrained at θ instead.
+  3. θ is copied back (also on error) and running statistics are put back to their post-clean-pass values.
+
+The logged `loss` is the Trainer's own number for the clean pass: the loss tensor the Trainer receives in the descent
+pass carries the descent's gradient but the clean loss's value, on the Trainer's scale, so the Trainer's own
+post-processing (accumulation, process count, its NaN filter) turns it into what it would have logged at θ. The
+count is passed as a tensor that autograd follows, so how the loss depends on the count is measured, not guessed.
 
 FSDP2 (`fully_shard`) differs in step 1, by necessity: each process holds only shards, the forward runs on
 all-gathered copies that are not the parameters autograd can differentiate to, and a gradient reaches the shards only
@@ -36,28 +44,38 @@ try:  # public since torch 2.6; builds without distributed support have no FSDP2
 except ImportError:  # pragma: no cover - depends on the torch build
     CPUOffloadPolicy = FSDPModule = None
 
+from . import selection
+from .batch import head_of_batch
 from .config import AMPConfig
-from .perturbation import AscentResult, is_sharded, perturbed_weights, save_buffers
+from .perturbation import AscentResult, is_sharded, on_every_process, perturbed_weights, save_buffers
 from .running_stats import RunningStatsSnapshot
 
 logger = logging.getLogger(__name__)
 
-METRIC_KEYS = ("amp_loss", "amp_delta_norm", "amp_skipped")
+METRIC_KEYS = ("amp_loss", "amp_delta_norm", "amp_skipped", "amp_steps")
+
+STEPS_IN_BACKWARD = ("lomo", "adalomo", "galore_adamw_layerwise", "galore_adamw_8bit_layerwise")
+STEPS_IN_BACKWARD += ("galore_adafactor_layerwise", "apollo_adamw_layerwise")
+"""`optim` values whose optimizer updates the weights during `backward`: under AMP it would step at θ + Δ."""
 
 
 class AMPMixin:
     """Adds Adversarial Model Perturbation to a `Trainer` subclass: `class X(AMPMixin, SomeTrainer)`.
 
     The AMP settings come from the `amp_*` fields of `args` (see `AMPTrainingArguments`); a plain `TrainingArguments`
-    gets the reference defaults. Everything but `training_step` and `log` is the wrapped Trainer's.
+    gets the reference defaults. Everything but `training_step`, `compute_loss` (in the descent pass only) and `log`
+    is the wrapped Trainer's.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.amp_config = self._read_amp_config(announce_defaults=True)
-        self._amp_parameters_cache: tuple[int, list[tuple[str, torch.nn.Parameter]]] | None = None
+        self._amp_candidates: tuple[int, list[tuple[str, torch.nn.Parameter]]] | None = None
         self._amp_saved: tuple[list[tuple], list[torch.Tensor]] | None = None
         self._amp_window = _MetricsWindow()
+        self._amp_descent: _Descent | None = None
+        self._amp_announced = False
+        self._amp_warned_descent = False
 
     # ----------------------------------------------------------------------------------------------- configuration
     def _read_amp_config(self, announce_defaults: bool = False) -> AMPConfig:
@@ -66,21 +84,34 @@ class AMPMixin:
         missing = AMPConfig.missing_from(self.args)
         if missing and config.enabled and announce_defaults:
             logger.warning(
-                "%s got %s without the AMP fields (%s); using the AMP defaults %s. Use AMPTrainingArguments (or "
+                "%s got %s without the AMP fields (%s), so the reference defaults apply: %s. Those are the paper's "
+                "settings for CNNs trained with SGD; on vision transformers trained with AdamW they diverge and they "
+                "wreck the fine-tuning of pretrained models (README, 'Choosing ε'). Use AMPTrainingArguments (or "
                 "AMPArgumentsMixin) to set them.",
                 type(self).__name__,
                 type(self.args).__name__,
                 ", ".join(missing),
                 config,
             )
-        if config.enabled and getattr(self, "is_deepspeed_enabled", False):
+        if not config.enabled:
+            return config
+        if getattr(self, "is_deepspeed_enabled", False):
             raise ValueError(
                 "AMPTrainer does not support DeepSpeed: its engine steps the optimizer inside backward and keeps "
                 "gradients in its own partitioned buffers, so the perturbed weights could be stepped. Run with DDP "
                 "(`accelerate launch --multi_gpu`), or FSDP2 to shard a large model (examples/accelerate/"
                 "fsdp_gpu.yaml), instead, or set amp_inner_steps=0 / amp_epsilon=0 for plain training."
             )
-        if config.enabled and getattr(self, "is_fsdp_enabled", False):
+        optim = str(getattr(getattr(self.args, "optim", None), "value", getattr(self.args, "optim", "")))
+        optimizer_name = type(getattr(self, "optimizer", None)).__name__
+        if optim in STEPS_IN_BACKWARD or optimizer_name in ("LOMO", "AdaLomo"):
+            raise ValueError(
+                f"AMPTrainer does not support optim={optim!r} ({optimizer_name}): it updates the weights during "
+                "backward, so under AMP it would step at the perturbed weights θ + Δ and the restore of θ would undo "
+                f"the step. Choose an optim that steps after backward (not one of {', '.join(STEPS_IN_BACKWARD)}), or "
+                "set amp_inner_steps=0 / amp_epsilon=0 for plain training."
+            )
+        if getattr(self, "is_fsdp_enabled", False):
             self._check_fsdp_plugin()
         return config
 
@@ -104,14 +135,30 @@ class AMPMixin:
             )
 
     def train(self, *args: Any, **kwargs: Any):
-        # Arguments may have been edited since construction: validate again before any training starts.
+        # Arguments may have been edited since construction (or by a hyper-parameter search trial): validate again
+        # before any training starts.
         self.amp_config = self._read_amp_config()
-        self._amp_parameters_cache = None
+        self._amp_candidates = None
         self._amp_window = _MetricsWindow()
+        self._amp_announced = False
         try:
             return super().train(*args, **kwargs)
         finally:
             self._amp_saved = None  # θ's buffers live from the first AMP step to the end of training
+
+    def _hp_search_setup(self, trial: Any) -> None:
+        # `Trainer.train` applies a search trial's values to `self.args` here, after `train` above read them: read
+        # (and validate) them again, so that each trial trains with its own AMP settings.
+        super()._hp_search_setup(trial)
+        if trial is not None and AMPConfig.missing_from(self.args):
+            logger.warning(
+                "%s: hyper-parameter search with %s, which has no amp_* fields: amp_* keys of the search space are "
+                "ignored. Use AMPTrainingArguments.",
+                type(self).__name__,
+                type(self.args).__name__,
+            )
+        self.amp_config = self._read_amp_config()
+        self._amp_candidates = None
 
     def _amp_saved_buffers(self, params: list[torch.Tensor]) -> list[torch.Tensor]:
         """Where θ is kept during each AMP step: allocated once, reused every step (see `save_buffers`)."""
@@ -121,22 +168,36 @@ class AMPMixin:
             self._amp_saved = (key, save_buffers(params))
         return self._amp_saved[1]
 
-    def amp_parameters(self, model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
-        """(name, parameter) of every tensor AMP perturbs: trainable, and not matched by `amp_exclude`.
+    # ------------------------------------------------------------------------------------ what AMP perturbs
+    def amp_parameters(self, model: torch.nn.Module | None = None) -> list[tuple[str, torch.nn.Parameter]]:
+        """(name, parameter) of every tensor AMP perturbs now: trainable, selected by `amp_include` / `amp_exclude`.
 
         Names are those of the model itself, without the `module.` / `_orig_mod.` prefixes of DDP and torch.compile,
-        so `amp_exclude` patterns read the same however the run is launched.
+        so patterns read the same however the run is launched. `requires_grad` is read on every call: a parameter
+        frozen or unfrozen during training leaves or joins the perturbed set at the next step.
         """
-        # Keyed by the model as passed: unwrapping it costs ~0.1 ms, as much as the rest of AMP's per-step glue.
-        if self._amp_parameters_cache is None or self._amp_parameters_cache[0] != id(model):
+        model = self.model if model is None else model
+        # The name test is cached, keyed by the model as passed: unwrapping costs ~0.1 ms, as much as AMP's glue.
+        if self._amp_candidates is None or self._amp_candidates[0] != id(model):
             unwrapped = self.accelerator.unwrap_model(model, keep_torch_compile=False)
-            selected = [
-                (name, p)
-                for name, p in unwrapped.named_parameters()
-                if p.requires_grad and not self.amp_config.is_excluded(name)
-            ]
-            self._amp_parameters_cache = (id(model), selected)
-        return self._amp_parameters_cache[1]
+            self._amp_candidates = (id(model), selection.candidates(unwrapped, self.amp_config))
+        return [(name, p) for name, p in self._amp_candidates[1] if p.requires_grad]
+
+    def amp_parameter_names(self, model: torch.nn.Module | None = None) -> list[str]:
+        """The names of the parameters AMP perturbs now (the model's own names, which the patterns are matched to)."""
+        return [name for name, _ in self.amp_parameters(model)]
+
+    def _amp_announce(self, model: torch.nn.Module) -> None:
+        """One line when training starts: what AMP perturbs; a warning for patterns that match nothing."""
+        self._amp_announced = True
+        if not self.amp_config.enabled:
+            return
+        unwrapped = self.accelerator.unwrap_model(model, keep_torch_compile=False)
+        found = selection.report(unwrapped, self.amp_config)
+        if self.args.should_log:
+            logger.info("%s; settings %s", found.summary(), self.amp_config)
+            for problem in found.problems():
+                logger.warning(problem)
 
     # -------------------------------------------------------------------------------------------------- the step
     def training_step(
@@ -145,6 +206,8 @@ class AMPMixin:
         inputs: dict[str, torch.Tensor | Any],
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor:
+        if not self._amp_announced:
+            self._amp_announce(model)
         if not self.amp_config.applies_at(self.state.global_step):
             return super().training_step(model, inputs, num_items_in_batch)
         params = [p for _, p in self.amp_parameters(model)]
@@ -161,12 +224,18 @@ class AMPMixin:
             # that the ascent's reduce-scatter would otherwise carry along. The Trainer's `no_sync` turns sync on again
             # when it exits, as it always does.
             ascent_model.set_requires_gradient_sync(True)
+        ascent_inputs = head_of_batch(inputs, self.amp_config.ascent_fraction)
+        descent = _Descent()
         stats: RunningStatsSnapshot | None = None
 
         def ascent_gradient() -> tuple[torch.Tensor, list[torch.Tensor]]:
             nonlocal stats
-            loss, grads = self._amp_ascent_gradient(ascent_model, inputs, params)
-            if stats is None:  # right after the clean pass: later passes must not move the running statistics
+            clean = descent.clean is None
+            loss, grads, on_trainer_scale = self._amp_ascent_gradient(
+                ascent_model, inputs, ascent_inputs, params, num_items_in_batch
+            )
+            if clean:  # right after the clean pass: later passes must not move the running statistics
+                descent.clean = on_trainer_scale
                 stats = RunningStatsSnapshot(model)
             return loss, grads
 
@@ -175,47 +244,118 @@ class AMPMixin:
                 perturbed_weights(params, ascent_gradient, self.amp_config, self._amp_saved_buffers(params)) as ascent,
                 record_function("amp.descent_pass"),
             ):
-                amp_loss = super().training_step(model, inputs, num_items_in_batch)
+                descent.ascent = ascent
+                self._amp_descent = descent
+                loss = super().training_step(model, inputs, num_items_in_batch)
         finally:
+            self._amp_descent = None
             if stats is not None:
                 stats.restore()
-        self._amp_record(amp_loss, ascent)
-        return self._on_trainer_scale(ascent.clean_loss, inputs, num_items_in_batch)
+        self._amp_record(loss, descent)
+        return loss
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The Trainer's `compute_loss`; in an AMP descent pass, its value is swapped for the clean loss's.
+
+        The tensor returned carries the gradient of the loss at θ + Δ and the value of the clean loss at θ, both on
+        the Trainer's scale, so whatever the Trainer then does to it (divide by the accumulation steps, log it,
+        filter NaN) gives what the plain Trainer would have logged. A descent loss that is not finite is not
+        returned: θ is put back and the micro-batch's loss is computed again there (counted in `amp_skipped`).
+        """
+        descent, self._amp_descent = self._amp_descent, None  # the descent pass calls compute_loss once
+        result = super().compute_loss(
+            model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+        )
+        if descent is None or descent.ascent is None or descent.ascent.skipped or descent.clean is None:
+            return result  # not a descent pass at θ + Δ: the Trainer's own loss, untouched
+        loss = result[0] if return_outputs else result
+        finite = torch.isfinite(loss.detach()).all() | ~torch.isfinite(descent.clean)  # not finite at θ: Trainer's
+        if not bool(on_every_process(finite, descent.ascent.group)):
+            # θ + Δ overflowed where θ did not: never back-propagate it; train this micro-batch at θ instead
+            descent.fell_back = True
+            descent.ascent.restore()
+            return super().compute_loss(
+                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+            )
+        descent.perturbed_loss = loss.detach()
+        swapped = descent.clean.to(loss.dtype).reshape(loss.shape) + (loss - loss.detach())
+        return (swapped, result[1]) if return_outputs else swapped
 
     def _amp_ascent_gradient(
-        self, model: torch.nn.Module, inputs: dict[str, Any], params: list[torch.Tensor]
-    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Mean loss of the micro-batch at the current weights, and its gradient; `.grad` is left as it was.
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, Any],
+        ascent_inputs: dict[str, Any],
+        params: list[torch.Tensor],
+        num_items_in_batch: torch.Tensor | int | None,
+    ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+        """(mean loss, its gradient, the clean loss as the Trainer's `compute_loss` would have returned it).
 
-        Under FSDP2 the gradient is FSDP's: sharded, and averaged over the processes (`_fsdp_gradient`).
+        The ascent's inputs get their own item count n as `num_items_in_batch` (when the Trainer passes a count), so
+        a loss normalised by the count is the mean over them, like one that is a mean already. The Trainer's own
+        count N (the accumulation window's, over all processes) would give L(N) = L(n) + (∂L/∂n)·(n − n²/N) for a
+        loss that is A/n + B in the count, which every loss path of the Trainer is; ∂L/∂n comes from autograd, so
+        it is 0 for a loss that ignores the count. With `amp_ascent_fraction` < 1, n and A scale from the head to
+        the whole micro-batch: an unbiased estimate of the clean loss. `.grad` is left as it was.
         """
-        inputs = self._prepare_inputs(inputs)  # a fresh shallow copy: compute_loss may pop "labels"
+        prepared = self._prepare_inputs(ascent_inputs)  # a fresh shallow copy: compute_loss may pop "labels"
+        count = None
+        if num_items_in_batch is not None:
+            items = self._local_item_count(prepared)
+            if items is not None:  # clamped: a micro-batch without items has a mean loss 0, not 0/0
+                count = items.clamp(min=1).to(torch.float64 if items.is_floating_point() else torch.float32)
+                count.requires_grad_(True)
         with self.compute_loss_context_manager():
-            loss = self._amp_ascent_loss(model, inputs)
+            loss = self._amp_ascent_loss(model, prepared, count if count is not None else num_items_in_batch)
         if loss.dim() > 0:  # nn.DataParallel returns one loss per device
             loss = loss.mean()
         scale = self._amp_loss_scale()
         scaled = loss if scale is None else loss * scale
+        wrt = [*params, count] if count is not None else params
         if _is_fsdp2(model):
-            grads = _fsdp_gradient(model, scaled, params)
+            grads = _fsdp_gradient(model, scaled, wrt)
         else:
             if any(is_sharded(p) for p in params):
                 raise ValueError(
                     "AMP found DTensor parameters in a model that is not an FSDP2 module (tensor parallelism?); "
                     "only FSDP2 (`fully_shard`) sharding is supported. Use FSDP2 or DDP."
                 )
-            grads = torch.autograd.grad(scaled, params, allow_unused=True)
-        grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]
+            grads = torch.autograd.grad(scaled, wrt, allow_unused=True)
+        grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, wrt)]
         if scale is not None:
             torch._foreach_div_(grads, scale)  # an overflow stays inf and is caught as non-finite
-        return loss.detach(), grads
+        loss = loss.detach()
+        on_trainer_scale = loss
+        if count is not None:
+            d_count = grads.pop()
+            whole = self._local_item_count(self._prepare_inputs(inputs)) if ascent_inputs is not inputs else items
+            n, n_whole = count.detach(), whole.clamp(min=1).to(count.dtype)
+            on_trainer_scale = loss + d_count * n * (1 - n_whole / num_items_in_batch)
+            loss = loss / self._amp_process_factor()  # the Trainer's compute_loss multiplied the count's loss by it
+            torch._foreach_div_(grads, self._amp_process_factor())
+        return loss, grads, on_trainer_scale.reshape(())
 
-    def _amp_ascent_loss(self, model: torch.nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
-        """The micro-batch's own mean loss: `compute_loss` without `num_items_in_batch`.
+    def _amp_ascent_loss(
+        self, model: torch.nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None
+    ) -> torch.Tensor:
+        """The ascent's loss: `compute_loss` with the ascent's own item count (see `_amp_ascent_gradient`).
 
         Subclasses whose `compute_loss` has side effects (TRL's metrics and token counters) undo them here.
         """
-        return self.compute_loss(model, inputs, num_items_in_batch=None)
+        return self.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
+
+    def _amp_process_factor(self) -> int:
+        """What `Trainer.compute_loss` multiplies a count-normalised loss by when it averages tokens across devices
+        (the process count, so that DDP's gradient averaging leaves a sum over the window's tokens): divided out of
+        the ascent, whose mean loss is the process's own."""
+        if not self.args.average_tokens_across_devices:
+            return 1
+        if not (self.model_accepts_loss_kwargs or self.compute_loss_func is not None):
+            return 1
+        if self.args.n_gpu > 1:
+            return self.args.n_gpu
+        tp_size = self.get_tp_size() if hasattr(self, "get_tp_size") else 1
+        return max(1, self.accelerator.num_processes // tp_size)
 
     def _amp_loss_scale(self) -> float | None:
         """The fp16 GradScaler's current scale, read without `unscale_` (accelerate unscales once, when clipping)."""
@@ -223,28 +363,6 @@ class AMPMixin:
         if scaler is None or not scaler.is_enabled():
             return None
         return float(scaler.get_scale())
-
-    def _on_trainer_scale(
-        self, mean_loss: torch.Tensor, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None
-    ) -> torch.Tensor:
-        """Turns the micro-batch's mean loss into what `Trainer.training_step` would have returned for it."""
-        loss = mean_loss
-        token_normalised = num_items_in_batch is not None and (
-            self.model_accepts_loss_kwargs or self.compute_loss_func is not None
-        )
-        if token_normalised:
-            # The Trainer's loss is (sum over this micro-batch) / (items in the whole window), times the number of
-            # processes when it averages tokens across devices; the mean loss times the local item count is the sum.
-            local_items = self._local_item_count(inputs)
-            if local_items is not None:
-                loss = loss * local_items / num_items_in_batch
-                if self.args.average_tokens_across_devices:
-                    tp_size = self.get_tp_size() if hasattr(self, "get_tp_size") else 1
-                    loss = loss * (self.accelerator.num_processes // tp_size)
-        scaled_for_ga = self.loss_is_scaled_for_ga if self.loss_is_scaled_for_ga is not None else token_normalised
-        if not scaled_for_ga:
-            loss = loss / self.current_gradient_accumulation_steps
-        return loss
 
     def _local_item_count(self, inputs: dict[str, Any]) -> torch.Tensor | None:
         """Items of this micro-batch, counted as `Trainer._get_num_items_in_batch` counts them, without a gather."""
@@ -259,20 +377,39 @@ class AMPMixin:
         return labels.ne(-100).sum().to(self.args.device)
 
     # ---------------------------------------------------------------------------------------------------- logging
-    def _amp_record(self, amp_loss: torch.Tensor, ascent: AscentResult) -> None:
+    def _amp_record(self, loss: torch.Tensor, descent: _Descent) -> None:
         window = self._amp_window
         if window.last_step != self.state.global_step:
             window.last_step = self.state.global_step
             window.steps += 1
-        window.loss_sum = window.loss_sum + amp_loss.detach().double().sum()
-        if ascent.skipped:
+        ascent = descent.ascent
+        clean = descent.clean
+        if descent.perturbed_loss is not None and clean is not None:
+            # the Trainer scaled the clean value it got into `loss`: the same factor puts θ + Δ's loss on its scale
+            factor = torch.where(
+                clean != 0, loss.detach().double() / clean.double(), torch.ones((), dtype=torch.double)
+            )
+            perturbed = descent.perturbed_loss.double().reshape(()) * factor
+        else:
+            perturbed = loss.detach().double()  # trained at θ: the loss there is the loss the gradient was taken at
+        # as the Trainer's NaN filter keeps a non-finite micro-batch out of `loss`, keep it out of `amp_loss`
+        window.loss_sum = window.loss_sum + torch.nan_to_num(perturbed.sum(), nan=0.0, posinf=0.0, neginf=0.0)
+        if descent.fell_back and not self._amp_warned_descent:
+            self._amp_warned_descent = True
+            logger.warning(
+                "AMP: the loss at θ + Δ was not finite where the loss at θ was (step %d); that micro-batch was "
+                "trained at θ and is counted in amp_skipped. A smaller amp_epsilon avoids it. (Warned once.)",
+                self.state.global_step,
+            )
+        if ascent is None or ascent.skipped or descent.fell_back:
             window.skipped += 1
         elif ascent.delta_norm is not None:
             window.delta_sum = window.delta_sum + ascent.delta_norm.double()
             window.perturbed += 1
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
-        """Adds `amp_loss`, `amp_delta_norm` and `amp_skipped` to the training logs, averaged like `loss`."""
+        """Adds `amp_loss`, `amp_delta_norm`, `amp_skipped` and `amp_steps` to every training log (the logs with
+        `loss`). In a window without AMP steps, `amp_loss` is `loss` (the gradient was taken at θ) and the others 0."""
         if "loss" in logs and self.amp_config.enabled:
             # One reduction per log, on every process (all of them log together), like the Trainer's own `loss`.
             window, self._amp_window = self._amp_window, _MetricsWindow()
@@ -284,11 +421,25 @@ class AMPMixin:
             )
             totals = self.accelerator.reduce(torch.cat([sums, counts]), reduction="sum").tolist()
             loss_sum, delta_sum, steps, perturbed, skipped = totals
-            if steps > 0:
-                logs["amp_loss"] = loss_sum / steps
-                logs["amp_delta_norm"] = delta_sum / perturbed if perturbed > 0 else 0.0
-                logs["amp_skipped"] = int(skipped)
+            processes = max(1, self.accelerator.num_processes)
+            logs["amp_loss"] = loss_sum / steps if steps > 0 else logs["loss"]
+            logs["amp_delta_norm"] = delta_sum / perturbed if perturbed > 0 else 0.0
+            logs["amp_skipped"] = int(skipped)
+            logs["amp_steps"] = round(steps / processes)
         super().log(logs, *args, **kwargs)
+
+
+@dataclass
+class _Descent:
+    """What the descent pass of one AMP micro-batch needs from the ascent, and what it reports back."""
+
+    ascent: AscentResult | None = None
+    clean: torch.Tensor | None = None
+    """The clean loss at θ as the Trainer's `compute_loss` would have returned it (before its accumulation scaling)."""
+    perturbed_loss: torch.Tensor | None = None
+    """The descent's own loss at θ + Δ, on the same scale as `clean`."""
+    fell_back: bool = False
+    """The loss at θ + Δ was not finite: the micro-batch was trained at θ."""
 
 
 @dataclass

@@ -34,7 +34,9 @@ class AMPArgumentsMixin:
         metadata={
             "help": "Shape of the perturbation ball: 'tensor' = one ball of radius ε per parameter tensor (the "
             "reference implementation); 'global' = one ball over all perturbed tensors (the paper's algorithm box); "
-            "'relative' = one ball per tensor of radius ε times that tensor's norm (ε is then a fraction, e.g. 0.02).",
+            "'relative' = one ball per tensor of radius ε times that tensor's norm (ε is then a fraction, e.g. 0.02); "
+            "'elementwise' = ASAM's scale-invariant ball over all perturbed tensors, ‖Δ / (|θ| + 0.01)‖₂ <= ε, with "
+            "the ascent step ζ·(|θ| + 0.01)²·g (use a large amp_inner_lr, e.g. 100, for ASAM's normalised step).",
             "choices": list(NORMS),
         },
     )
@@ -49,8 +51,24 @@ class AMPArgumentsMixin:
     amp_exclude: list[str] | None = field(
         default=None,
         metadata={
-            "help": "Regular expressions (re.search on parameter names) of parameters never perturbed, e.g. "
-            "'bias' 'LayerNorm'. Frozen parameters are never perturbed either."
+            "help": "Regular expressions (re.search on parameter names) of parameters never perturbed, given as "
+            "separate words: --amp_exclude bias LayerNorm. Frozen parameters are never perturbed either. A pattern "
+            "that matches no parameter is reported when training starts."
+        },
+    )
+    amp_include: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Regular expressions of the only parameters perturbed (amp_exclude then removes from them), e.g. "
+            "--amp_include norm LayerNorm layernorm to perturb the normalisation layers only (SAM-ON). "
+            "Default: every trainable parameter."
+        },
+    )
+    amp_ascent_fraction: float = field(
+        default=AMPConfig.ascent_fraction,
+        metadata={
+            "help": "Share f in (0, 1] of each micro-batch that the ascent passes use (its first ceil(f*B) examples); "
+            "the descent pass uses all of it. An AMP step then costs about 1 + f*K passes instead of 1 + K."
         },
     )
 

@@ -5,7 +5,10 @@ Checks, in one launch (a process launch costs ~10 s of imports):
      its own perturbation (the plain-PyTorch reference), and every rank ends bit-identical;
   2. per optimizer step, AMP makes exactly as many gradient all-reduces and passes through the DDP wrapper (where
      buffer broadcasts happen) as the plain Trainer: the ascent passes communicate nothing;
-  3. a token-normalised loss with `average_tokens_across_devices` does not change the ascent's scale.
+  3. a token-normalised loss with `average_tokens_across_devices` does not change the ascent's scale;
+  4. the ascent on half of each process's micro-batch (`amp_ascent_fraction`) matches the reference;
+  5. at θ + Δ == θ (ε = 1e-30) the logged `loss` and `amp_loss` equal the plain Trainer's `loss`, for a model that
+     honours `num_items_in_batch` and one that accepts it but averages itself (BERT's case: it logged half).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from amp_hf import close_process_group
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from helpers import (
     DictDataset,
+    MeanLossWithKwargs,
     SequentialAMPTrainer,
     SequentialTrainer,
     TinyClassifier,
@@ -113,6 +117,29 @@ def main() -> None:
     assert_close_to(amp_tok.model, expected_tok, "token-normalised loss across devices")
     assert_ranks_identical(amp_tok.model)
     print(f"rank {dist.get_rank()}: token-normalised DDP == reference", flush=True)
+
+    amp_head, _ = run(SequentialAMPTrainer, TinyClassifier(), data, out, amp_epsilon=0.05, amp_ascent_fraction=0.5)
+    expected_head = reference_amp(
+        TinyClassifier(), data, steps=STEPS, batch_size=BATCH, grad_accum=2, epsilon=0.05, ascent_fraction=0.5
+    )
+    assert_close_to(amp_head.model, expected_head, "ascent on half of each process's micro-batch")
+    assert_ranks_identical(amp_head.model)
+    print(f"rank {dist.get_rank()}: ascent fraction DDP == reference", flush=True)
+
+    for model_cls, dataset in ((MeanLossWithKwargs, data), (TokenNormalisedClassifier, tokens)):
+        amp_at_theta, _ = run(SequentialAMPTrainer, model_cls(), dataset, out, amp_epsilon=1e-30)
+        erm_at_theta, _ = run(SequentialTrainer, model_cls(), dataset, out)
+        amp_logs = [e for e in amp_at_theta.state.log_history if "loss" in e]
+        erm_loss = [e["loss"] for e in erm_at_theta.state.log_history if "loss" in e]
+        for key in ("loss", "amp_loss"):
+            got = [e[key] for e in amp_logs]
+            assert all(abs(a - b) <= 1e-6 * abs(b) + 1e-7 for a, b in zip(got, erm_loss)), (
+                model_cls,
+                key,
+                got,
+                erm_loss,
+            )
+    print(f"rank {dist.get_rank()}: logged loss == the Trainer's with 2 processes", flush=True)
     print(f"rank {dist.get_rank()}: ALL OK", flush=True)
     close_process_group()  # without it, torch 2.13's gloo threads abort the process at exit (5 of 20 launches)
 

@@ -3,12 +3,14 @@
 Checks, in one launch (a process launch costs ~10 s of imports):
   1. norms of sharded DTensors: `perturbed_weights` on FSDP-style shards (one tensor with dim 0 not divisible by the
      world size, one whose shard on rank 1 is empty) moves every whole tensor exactly as it moves the unsharded
-     tensors, for the tensor, global and relative balls, restores the shards bit for bit, a non-finite loss on one
+     tensors, for the tensor, global, relative and elementwise balls, restores the shards bit for bit, a non-finite loss on one
      rank makes every rank skip, and sharded and unsharded tensors together are refused;
   2. AMPTrainer under FSDP2 prepared by accelerate's own FSDP plugin (three FSDP units, uneven shards) gives the
      weights of one process running AMP on the concatenated global micro-batches (`reference_amp`), with gradient
      accumulation too, a non-zero Δ, and the same logged metrics on every rank; and with accelerate's bf16
-     MixedPrecisionPolicy (bf16 compute and reduction, fp32 shards) within bf16 rounding of that reference.
+     MixedPrecisionPolicy (bf16 compute and reduction, fp32 shards) within bf16 rounding of that reference; and the
+     elementwise ball with the ascent on half of each rank's micro-batch (`amp_ascent_fraction`), whose reference
+     ascent sees those halves of the global micro-batch.
 
 accelerate 1.15 drops the FSDP plugin when the run is on CPU (it becomes plain multi-CPU DDP), so `ForceFSDPOnCPU`
 puts the plugin and the FSDP distributed type back right after the Trainer built its accelerator; everything after
@@ -54,7 +56,7 @@ def check_sharded_norms() -> None:
     shapes = [(7, 6), (3,), (1, 5), (8,)]  # 7 and 3 split unevenly over 2 ranks; (1, 5) leaves rank 1 empty
     full = [torch.randn(s, generator=g) for s in shapes]
     targets = [torch.randn(s, generator=g) for s in shapes]
-    for norm, epsilon in (("tensor", 0.5), ("global", 0.7), ("relative", 0.1)):
+    for norm, epsilon in (("tensor", 0.5), ("global", 0.7), ("relative", 0.1), ("elementwise", 0.3)):
         config = AMPConfig(epsilon=epsilon, inner_lr=0.8, inner_steps=2, norm=norm)
         plain = [torch.nn.Parameter(t.clone()) for t in full]
         with perturbed_weights(plain, quadratic(plain, targets), config) as expected_result:
@@ -84,7 +86,7 @@ def check_sharded_norms() -> None:
         assert "sharded (DTensor) and unsharded" in str(err), err
     else:
         raise AssertionError("a mix of sharded and unsharded parameters was accepted")
-    print(f"rank {dist.get_rank()}: sharded norms == whole-tensor norms (tensor, global, relative)", flush=True)
+    print(f"rank {dist.get_rank()}: sharded norms == whole-tensor norms (tensor, global, relative, elementwise)")
 
 
 # ------------------------------------------------------------------------------ 2. AMPTrainer under FSDP2
@@ -120,10 +122,18 @@ def run_fsdp(out: str, **overrides) -> FSDPAMPTrainer:
     return trainer
 
 
-def check_trainer(out: str, norm: str, epsilon: float, grad_accum: int, inner_steps: int, bf16: bool = False) -> None:
+def heads_of_each_rank(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The global micro-batch's rows that the ranks' ascents see with amp_ascent_fraction = 0.5: each rank's half."""
+    rows = [*range(BATCH // 2), *range(BATCH, BATCH + BATCH // 2)]
+    return {k: v[rows] for k, v in batch.items()}
+
+
+def check_trainer(
+    out: str, norm: str, epsilon: float, grad_accum: int, inner_steps: int, bf16: bool = False, fraction: float = 1.0
+) -> None:
     trainer = run_fsdp(
         out, amp_epsilon=epsilon, amp_norm=norm, amp_inner_steps=inner_steps, gradient_accumulation_steps=grad_accum,
-        bf16=bf16,
+        bf16=bf16, amp_ascent_fraction=fraction,
     )  # fmt: skip
     if bf16:  # FSDP2 computes and reduces in bf16; the shards AMP perturbs and restores stay fp32
         policy = trainer.model._get_fsdp_state()._mp_policy
@@ -132,9 +142,12 @@ def check_trainer(out: str, norm: str, epsilon: float, grad_accum: int, inner_st
     got = {n: p.detach().full_tensor() for n, p in trainer.model.named_parameters()}
     # the global micro-batch is both ranks' micro-batches together: batch 2·BATCH in one process
     settings = dict(steps=STEPS, batch_size=2 * BATCH, grad_accum=grad_accum, inner_steps=inner_steps)
-    expected = reference_amp(TinyClassifier(), DictDataset(n=64), epsilon=epsilon, norm=norm, **settings)
+    head = heads_of_each_rank if fraction == 0.5 else None
+    expected = reference_amp(
+        TinyClassifier(), DictDataset(n=64), epsilon=epsilon, norm=norm, ascent_head=head, **settings
+    )
     erm = reference_amp(TinyClassifier(), DictDataset(n=64), epsilon=0.0, **settings)
-    what = f"FSDP2 {norm} GA={grad_accum} K={inner_steps}" + (" bf16" if bf16 else "")
+    what = f"FSDP2 {norm} GA={grad_accum} K={inner_steps}" + (" bf16" if bf16 else "") + f" f={fraction}"
     atol = 6e-4 if bf16 else 2e-6  # bf16 forward/backward against the fp32 reference: measured 2.5e-4
     for name, p in expected.named_parameters():
         message = lambda m, n=name: f"{what} {n}: {m}"  # noqa: E731
@@ -159,6 +172,7 @@ def main() -> None:
     check_trainer(out, norm="global", epsilon=0.1, grad_accum=2, inner_steps=2)
     check_trainer(out, norm="relative", epsilon=0.02, grad_accum=1, inner_steps=1)
     check_trainer(out, norm="tensor", epsilon=0.05, grad_accum=1, inner_steps=1, bf16=True)
+    check_trainer(out, norm="elementwise", epsilon=0.05, grad_accum=2, inner_steps=1, fraction=0.5)
     print(f"rank {dist.get_rank()}: ALL OK", flush=True)
     close_process_group()  # without it, torch 2.13's gloo threads can abort the process at exit
 

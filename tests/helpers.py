@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Sequence
 
 import datasets
@@ -45,6 +46,13 @@ class TokenNormalisedClassifier(TinyClassifier):
                 total = nn.functional.cross_entropy(logits, labels, ignore_index=-100, reduction="sum")
                 out["loss"] = total / num_items_in_batch
         return out
+
+
+class MeanLossWithKwargs(TinyClassifier):
+    """Accepts `num_items_in_batch` but ignores it, returning a plain mean, as BertForSequenceClassification does."""
+
+    def forward(self, x, labels=None, num_items_in_batch=None, **kwargs):
+        return super().forward(x, labels)
 
 
 class DictDataset(Dataset):
@@ -141,6 +149,8 @@ def reference_amp(
     max_grad_norm: float = 0.0,
     token_normalised: bool = False,
     perturb: Callable[[str], bool] = lambda name: True,
+    ascent_fraction: float = 1.0,
+    ascent_head: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
 ) -> nn.Module:
     """amp-spec.md written out with plain loops: no amp_hf code, no Trainer."""
     model = copy.deepcopy(model)
@@ -164,12 +174,22 @@ def reference_amp(
         opt.zero_grad()
         for b in window:
             theta = [p.detach().clone() for p in params]
-            g = torch.autograd.grad(mean_loss(b), params)
+            rows = max(1, math.ceil(ascent_fraction * len(b["labels"])))  # the ascent's head of the micro-batch
+            head = {k: v[:rows] for k, v in b.items()} if ascent_head is None else ascent_head(b)
+            scale = [t.abs() + 0.01 for t in theta]  # ASAM's T, for the elementwise ball
+            g = torch.autograd.grad(mean_loss(head), params)
             delta = [torch.zeros_like(p) for p in params]
             for k in range(inner_steps):
-                delta = [d + inner_lr * gi for d, gi in zip(delta, g)]
+                if norm == "elementwise":
+                    delta = [d + inner_lr * t * t * gi for d, gi, t in zip(delta, g, scale)]
+                else:
+                    delta = [d + inner_lr * gi for d, gi in zip(delta, g)]
                 norms = [float(d.norm()) for d in delta]
-                if norm == "tensor":
+                if norm == "elementwise":
+                    total = sum(float((d / t).norm()) ** 2 for d, t in zip(delta, scale)) ** 0.5
+                    if total > epsilon:
+                        delta = [d * (epsilon / (total + 1e-12)) for d in delta]
+                elif norm == "tensor":
                     delta = [d * (epsilon / (n + 1e-12)) if n > epsilon else d for d, n in zip(delta, norms)]
                 elif norm == "relative":
                     radii = [epsilon * float(t.norm()) for t in theta]
@@ -182,7 +202,7 @@ def reference_amp(
                     for p, t, d in zip(params, theta, delta):
                         p.copy_(t + d)
                 if k < inner_steps - 1:
-                    g = torch.autograd.grad(mean_loss(b), params)
+                    g = torch.autograd.grad(mean_loss(head), params)
             if token_normalised:
                 logits = model(x=b["x"])["logits"]
                 loss = nn.functional.cross_entropy(logits, b["labels"], ignore_index=-100, reduction="sum")

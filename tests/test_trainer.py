@@ -23,6 +23,7 @@ from torch import nn
 from transformers import Trainer, TrainingArguments
 
 from amp_hf import AMPMixin, AMPTrainer
+from amp_hf.trainer import METRIC_KEYS
 
 
 def train(trainer_cls, model, tmp_path, dataset=None, **overrides):
@@ -377,11 +378,13 @@ def test_plain_training_arguments_use_the_defaults_and_say_so(tmp_path, caplog):
     )
     with caplog.at_level(logging.WARNING, logger="amp_hf.trainer"):
         trainer = AMPTrainer(model=TinyClassifier(), args=args, train_dataset=DictDataset())
-    assert sum("using the AMP defaults" in r.getMessage() for r in caplog.records) == 1
+    warned = [r.getMessage() for r in caplog.records if "the reference defaults apply" in r.getMessage()]
+    assert len(warned) == 1
+    assert "CNNs trained with SGD" in warned[0] and "vision transformers" in warned[0] and "Choosing ε" in warned[0]
     assert trainer.amp_config.epsilon == 0.5 and trainer.amp_config.norm == "tensor"
     with caplog.at_level(logging.WARNING, logger="amp_hf.trainer"):
         trainer.train()
-    assert sum("using the AMP defaults" in r.getMessage() for r in caplog.records) == 1  # once, not per train()
+    assert sum("the reference defaults apply" in r.getMessage() for r in caplog.records) == 1  # once, not per train()
     assert "amp_loss" in trainer.state.log_history[0]
 
 
@@ -409,3 +412,146 @@ def test_bad_arguments_changed_after_construction_fail_before_training(tmp_path)
     with pytest.raises(ValueError, match="amp_norm"):
         trainer.train()
     assert all(torch.equal(p, before[n]) for n, p in trainer.model.named_parameters())
+
+
+# ------------------------------------------------------------------- the ASAM ball and the ascent fraction
+@pytest.mark.parametrize(
+    ("norm", "inner_steps", "epsilon", "inner_lr", "grad_accum", "fraction"),
+    [
+        ("elementwise", 1, 0.05, 100.0, 1, 1.0),  # ASAM: a large ζ puts Δ on the sphere
+        ("elementwise", 2, 0.05, 2.0, 2, 1.0),  # AMP's raw-gradient ascent in the ASAM ball
+        ("elementwise", 1, 1e3, 1.0, 1, 1.0),  # the ball does not bind
+        ("tensor", 1, 0.05, 2.0, 2, 0.25),
+        ("tensor", 2, 0.05, 2.0, 1, 0.5),
+        ("global", 1, 0.05, 2.0, 2, 0.5),
+        ("relative", 2, 0.02, 2.0, 2, 0.25),
+        ("elementwise", 2, 0.05, 100.0, 2, 0.5),
+    ],
+)
+def test_elementwise_ball_and_ascent_fraction_match_reference(
+    tmp_path, norm, inner_steps, epsilon, inner_lr, grad_accum, fraction
+):
+    data = DictDataset()
+    settings = dict(amp_norm=norm, amp_inner_steps=inner_steps, amp_epsilon=epsilon, amp_inner_lr=inner_lr)
+    trainer = train(
+        SequentialAMPTrainer, TinyClassifier(), tmp_path, data, gradient_accumulation_steps=grad_accum,
+        amp_ascent_fraction=fraction, **settings,
+    )  # fmt: skip
+    reference = dict(norm=norm, inner_steps=inner_steps, epsilon=epsilon, inner_lr=inner_lr, grad_accum=grad_accum)
+    expected = reference_amp(TinyClassifier(), data, steps=3, batch_size=4, ascent_fraction=fraction, **reference)
+    assert_params_close(trainer.model, expected)
+    # not vacuous: the whole-batch ascent (or the plain ERM step) lands elsewhere
+    other = reference_amp(TinyClassifier(), data, steps=3, batch_size=4, **{**reference, "epsilon": 0.0})
+    if fraction < 1:
+        other = reference_amp(TinyClassifier(), data, steps=3, batch_size=4, **reference)
+    assert max((a - b).abs().max() for a, b in zip(expected.parameters(), other.parameters())) > 1e-5
+
+
+def test_ascent_fraction_with_token_normalised_loss_takes_the_heads_mean(tmp_path):
+    data = DictDataset(n=64, ignored_every=5)
+    trainer = train(
+        SequentialAMPTrainer, TokenNormalisedClassifier(), tmp_path, data, gradient_accumulation_steps=2,
+        per_device_train_batch_size=8, amp_epsilon=0.05, amp_ascent_fraction=0.5,
+    )  # fmt: skip
+    expected = reference_amp(
+        TokenNormalisedClassifier(), data, steps=3, batch_size=8, grad_accum=2, epsilon=0.05, token_normalised=True,
+        ascent_fraction=0.5,
+    )  # fmt: skip
+    assert_params_close(trainer.model, expected)
+
+
+def test_elementwise_delta_lands_on_its_ball(tmp_path):
+    trainer = train(
+        SequentialAMPTrainer, TinyClassifier(), tmp_path, amp_norm="elementwise", amp_epsilon=0.05, amp_inner_lr=100.0
+    )
+    norms = [e["amp_delta_norm"] for e in trainer.state.log_history if "amp_delta_norm" in e]
+    assert norms and all(n == pytest.approx(0.05, rel=1e-5) for n in norms)  # ‖Δ/T‖ = ε: on the sphere
+
+
+# ------------------------------------------------------------------------- what real scripts do to AMP
+class OverflowsWhenPushed(TinyClassifier):
+    """Finite at θ, infinite at θ + Δ: exp(200·s) overflows float32 once the ascent moves s from 0 to ε = 0.5."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.s = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x, labels=None):
+        out = super().forward(x, labels)
+        if labels is not None:
+            out["loss"] = out["loss"] + torch.exp(200 * self.s)
+        return out
+
+
+@pytest.mark.parametrize("inner_steps", [1, 2])
+def test_non_finite_loss_at_the_perturbed_weights_never_reaches_them(tmp_path, inner_steps, caplog):
+    with caplog.at_level(logging.WARNING, logger="amp_hf.trainer"):
+        trainer = train(SequentialAMPTrainer, OverflowsWhenPushed(), tmp_path, amp_inner_steps=inner_steps)
+    erm = train(SequentialTrainer, OverflowsWhenPushed(), tmp_path / "erm")
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    assert all(torch.isfinite(p).all() for p in erm.model.parameters())  # the plain Trainer stays finite too
+    logs = [e for e in trainer.state.log_history if "loss" in e]
+    assert sum(e["amp_skipped"] for e in logs) >= 1
+    assert all(torch.isfinite(torch.tensor(e["loss"])) for e in logs)
+    if inner_steps == 1:  # the first step fell back to θ: exactly the plain Trainer's first step
+        assert sum("was not finite" in r.getMessage() for r in caplog.records) == 1  # warned once
+        assert logs[0]["loss"] == pytest.approx(erm.state.log_history[0]["loss"], rel=1e-6)
+        assert trainer.model.s.item() == pytest.approx(erm.model.s.item())
+
+
+def test_perturbed_set_follows_requires_grad_during_training(tmp_path):
+    """Gradual unfreezing: fc1 frozen at step 1, fc2.bias unfrozen at step 1; AMP follows both."""
+    from transformers import TrainerCallback
+
+    perturbed_at_step: dict[int, set[str]] = {}
+
+    class Unfreeze(TrainerCallback):
+        def on_step_begin(self, args, state, control, model=None, **kwargs):
+            if state.global_step == 1:
+                model.fc1.weight.requires_grad_(False)
+                model.fc2.bias.requires_grad_(True)
+
+    class Spy(SequentialAMPTrainer):
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            self.theta = params_of(model)
+            return super().training_step(model, inputs, num_items_in_batch)
+
+        def compute_loss(self, model, inputs, *args, **kwargs):
+            if self._amp_descent is not None:  # the descent pass: which weights sit away from θ?
+                moved = {n for n, p in model.named_parameters() if not torch.equal(p, self.theta[n])}
+                perturbed_at_step[self.state.global_step] = moved
+            return super().compute_loss(model, inputs, *args, **kwargs)
+
+    model = TinyClassifier()
+    model.fc2.bias.requires_grad_(False)
+    trainer = Spy(
+        model=model, args=tiny_args(tmp_path, max_steps=3), train_dataset=DictDataset(), callbacks=[Unfreeze()]
+    )
+    trainer.train()  # used to raise "One of the differentiated Tensors does not require grad"
+    assert perturbed_at_step[0] == {"fc1.weight", "fc1.bias", "fc2.weight"}
+    assert perturbed_at_step[1] == perturbed_at_step[2] == {"fc1.bias", "fc2.weight", "fc2.bias"}
+
+
+@pytest.mark.parametrize("optim", ["lomo", "adalomo", "galore_adamw_layerwise", "apollo_adamw_layerwise"])
+def test_optimizers_stepping_inside_backward_are_refused_at_construction(tmp_path, optim):
+    with pytest.raises(ValueError, match=f"does not support optim='{optim}'.*during backward"):
+        AMPTrainer(model=TinyClassifier(), args=tiny_args(tmp_path, optim=optim), train_dataset=DictDataset())
+    AMPTrainer(  # plain training with them stays the Trainer's business
+        model=TinyClassifier(), args=tiny_args(tmp_path, optim=optim, amp_inner_steps=0), train_dataset=DictDataset()
+    )
+
+
+def test_every_training_log_has_the_amp_keys(tmp_path):
+    """Windows without an AMP step (before amp_start_step, between amp_interval steps) log them too: no gaps."""
+    trainer = train(
+        AMPTrainer, TinyClassifier(), tmp_path, max_steps=7, logging_steps=1, amp_start_step=2, amp_interval=3
+    )
+    logs = [e for e in trainer.state.log_history if "loss" in e]
+    assert len(logs) == 7
+    assert all(set(METRIC_KEYS) <= e.keys() for e in logs)
+    assert [e["amp_steps"] for e in logs] == [0, 0, 1, 0, 0, 1, 0]
+    for e in logs:
+        if e["amp_steps"] == 0:
+            assert e["amp_loss"] == e["loss"] and e["amp_delta_norm"] == 0.0 and e["amp_skipped"] == 0
+        else:
+            assert e["amp_loss"] > e["loss"] and e["amp_delta_norm"] > 0

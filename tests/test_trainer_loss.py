@@ -1,0 +1,152 @@
+"""The logged `loss` is the plain Trainer's number at the same weights, on every loss path the Trainer has.
+
+At ε = 1e-30, θ + Δ equals θ bit for bit, so an AMP run and a plain run walk through the same weights and every
+logged `loss` must agree: models that honour `num_items_in_batch` or ignore it, `compute_loss_func` returning a mean
+or a sum over the count, a custom `compute_loss`, the label smoother, with gradient accumulation; a micro-batch with
+no labelled item trains as in the Trainer and is not an ascent failure. (Two processes: `ddp_worker.py`.)
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from helpers import (
+    DictDataset,
+    MeanLossWithKwargs,
+    SequentialAMPTrainer,
+    SequentialTrainer,
+    TinyClassifier,
+    TokenNormalisedClassifier,
+    assert_params_close,
+    reference_amp,
+    text_data,
+    tiny_args,
+    tiny_bert,
+)
+from torch import nn
+
+TINY_BALL = 1e-30  # θ + Δ == θ in float32: both runs see the same weights at every step
+
+
+def mean_loss_func(outputs, labels, num_items_in_batch=None):
+    return nn.functional.cross_entropy(outputs["logits"], labels, ignore_index=-100)
+
+
+def sum_over_count_loss_func(outputs, labels, num_items_in_batch=None):
+    """Divides by the count, as token-normalised SFT losses do (the Trainer always passes one)."""
+    return (
+        nn.functional.cross_entropy(outputs["logits"], labels, ignore_index=-100, reduction="sum") / num_items_in_batch
+    )
+
+
+class DoubledLossTrainerMixin:
+    """A custom `compute_loss` that does its own thing with the model's outputs."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        outputs = model(**inputs)
+        loss = 2.0 * outputs["loss"] + 0.1
+        return (loss, outputs) if return_outputs else loss
+
+
+class DoubledAMP(DoubledLossTrainerMixin, SequentialAMPTrainer):
+    pass
+
+
+class DoubledERM(DoubledLossTrainerMixin, SequentialTrainer):
+    pass
+
+
+def empty_window_data() -> DictDataset:
+    """Micro-batch 2 (rows 4-7) has no labelled item, inside an accumulation window: completion-only SFT makes these."""
+    data = DictDataset(n=32, ignored_every=3)
+    data.y[4:8] = -100
+    return data
+
+
+def logged(trainer) -> list[float]:
+    return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+
+
+CASES = {
+    "mean model": (TinyClassifier, {}, SequentialAMPTrainer, SequentialTrainer, DictDataset),
+    "kwargs-ignoring model (BERT-like)": (MeanLossWithKwargs, {}, SequentialAMPTrainer, SequentialTrainer, DictDataset),
+    "token-normalised model": (TokenNormalisedClassifier, {}, SequentialAMPTrainer, SequentialTrainer, DictDataset),
+    "token-normalised, empty micro-batch": (
+        TokenNormalisedClassifier, {}, SequentialAMPTrainer, SequentialTrainer, empty_window_data,
+    ),
+    "compute_loss_func mean": (
+        TinyClassifier, {"compute_loss_func": mean_loss_func}, SequentialAMPTrainer, SequentialTrainer, DictDataset,
+    ),
+    "compute_loss_func sum / count": (
+        TinyClassifier, {"compute_loss_func": sum_over_count_loss_func}, SequentialAMPTrainer, SequentialTrainer,
+        empty_window_data,
+    ),
+    "custom compute_loss": (TinyClassifier, {}, DoubledAMP, DoubledERM, DictDataset),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("grad_accum", [1, 2])
+def test_logged_loss_equals_the_plain_trainers(tmp_path, case, grad_accum):
+    model_cls, kwargs, amp_cls, erm_cls, data_fn = CASES[case]
+    common = dict(gradient_accumulation_steps=grad_accum, max_steps=4, logging_steps=1)
+    amp = amp_cls(
+        model=model_cls(), args=tiny_args(tmp_path / "a", amp_epsilon=TINY_BALL, **common), train_dataset=data_fn(),
+        **kwargs,
+    )  # fmt: skip
+    erm = erm_cls(model=model_cls(), args=tiny_args(tmp_path / "e", **common), train_dataset=data_fn(), **kwargs)
+    amp.train()
+    erm.train()
+    assert logged(amp) == pytest.approx(logged(erm), rel=1e-6, abs=1e-7)
+    assert all(torch.isfinite(torch.tensor(logged(amp))))
+    amp_logs = [e for e in amp.state.log_history if "loss" in e]
+    assert sum(e["amp_skipped"] for e in amp_logs) == 0  # an empty micro-batch is not an ascent failure
+    # amp_loss is on the same scale: at θ + Δ == θ it is the loss itself
+    assert [e["amp_loss"] for e in amp_logs] == pytest.approx(logged(erm), rel=1e-6, abs=1e-7)
+
+
+def test_label_smoother_logged_loss_equals_the_plain_trainers(tmp_path):
+    models = [TinyClassifier(), TinyClassifier()]
+    for model in models:
+        model.config = SimpleNamespace()  # the label smoother looks at model.config
+    common = dict(gradient_accumulation_steps=2, max_steps=3, label_smoothing_factor=0.1)
+    amp = SequentialAMPTrainer(
+        model=models[0], args=tiny_args(tmp_path / "a", amp_epsilon=TINY_BALL, **common), train_dataset=DictDataset()
+    )
+    erm = SequentialTrainer(model=models[1], args=tiny_args(tmp_path / "e", **common), train_dataset=DictDataset())
+    amp.train()
+    erm.train()
+    assert logged(amp) == pytest.approx(logged(erm), rel=1e-6)
+
+
+def test_bert_with_accumulation_logs_the_trainers_loss(tmp_path):
+    """BertForSequenceClassification accepts loss kwargs but averages itself: the case that logged half the loss."""
+    common = dict(gradient_accumulation_steps=2, max_steps=2, learning_rate=1e-3, optim="adamw_torch")
+    amp = SequentialAMPTrainer(
+        model=tiny_bert(), args=tiny_args(tmp_path / "a", amp_epsilon=TINY_BALL, **common), train_dataset=text_data()
+    )
+    erm = SequentialTrainer(model=tiny_bert(), args=tiny_args(tmp_path / "e", **common), train_dataset=text_data())
+    amp.train()
+    erm.train()
+    assert amp.model_accepts_loss_kwargs
+    assert logged(amp) == pytest.approx(logged(erm), rel=1e-5)
+    amp_logs = [e for e in amp.state.log_history if "loss" in e]
+    assert [e["amp_loss"] for e in amp_logs] == pytest.approx(logged(erm), rel=1e-5)
+
+
+def test_compute_loss_func_over_the_count_trains_with_the_micro_batch_mean_ascent(tmp_path):
+    """It used to crash (the ascent passed num_items_in_batch=None); its ascent must be the micro-batch's mean."""
+    data = DictDataset(ignored_every=3)
+    amp = SequentialAMPTrainer(
+        model=TinyClassifier(),
+        args=tiny_args(tmp_path, gradient_accumulation_steps=2, amp_epsilon=0.05),
+        train_dataset=data,
+        compute_loss_func=sum_over_count_loss_func,
+    )
+    amp.train()
+    expected = reference_amp(
+        TinyClassifier(), data, steps=3, batch_size=4, grad_accum=2, epsilon=0.05, token_normalised=True
+    )
+    assert_params_close(amp.model, expected)
