@@ -44,6 +44,11 @@ SETTINGS = {  # name: (trainer class, amp arguments)
     "AMP K=2": (AMPTrainer, {"amp_inner_steps": 2}),
     "AMP K=1 every 2": (AMPTrainer, {"amp_inner_steps": 1, "amp_interval": 2}),
     "AMP K=1 every 4": (AMPTrainer, {"amp_inner_steps": 1, "amp_interval": 4}),
+    # the ascent on the head of each micro-batch (amp_ascent_fraction f): ideally 1 + f passes per step
+    "AMP K=1 f=0.5": (AMPTrainer, {"amp_inner_steps": 1, "amp_ascent_fraction": 0.5}),
+    "AMP K=1 f=0.25": (AMPTrainer, {"amp_inner_steps": 1, "amp_ascent_fraction": 0.25}),
+    "AMP K=1 f=0.125": (AMPTrainer, {"amp_inner_steps": 1, "amp_ascent_fraction": 0.125}),
+    "AMP K=1 f=0.25 every 2": (AMPTrainer, {"amp_inner_steps": 1, "amp_ascent_fraction": 0.25, "amp_interval": 2}),
 }
 
 
@@ -124,12 +129,20 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def time_model(name: str, build, rounds: int) -> dict:
+def passes_per_step(config) -> float:
+    """Forward/backward passes per optimizer step, averaged over the interval's cycle: 1 + f·K on an AMP step, where
+    an ascent pass on the head f of the micro-batch counts as f of a pass."""
+    k, n, f = config.inner_steps, config.interval, config.ascent_fraction
+    return ((1 + f * k) + (n - 1)) / n
+
+
+def time_model(name: str, build, rounds: int, only: list[str] | None = None) -> dict:
     model, batch = build()
     model.train()
-    trainers = {key: make_trainer(cls, model, **amp) for key, (cls, amp) in SETTINGS.items()}
+    chosen = {key: value for key, value in SETTINGS.items() if key == "ERM" or not only or key in only}
+    trainers = {key: make_trainer(cls, model, **amp) for key, (cls, amp) in chosen.items()}
     erm = trainers["ERM"]
-    samples: dict[str, list[float]] = {key: [] for key in [*SETTINGS, "forward/backward", "optimizer step"]}
+    samples: dict[str, list[float]] = {key: [] for key in [*chosen, "forward/backward", "optimizer step"]}
 
     for trainer in trainers.values():  # warm-up: allocator, lazy initialisations
         train_step(trainer, model, batch, 0)
@@ -146,12 +159,8 @@ def time_model(name: str, build, rounds: int) -> dict:
     # step, i.e. the ERM step's own forward/backward repeated, from the same round's parts.
     erm_steps, opt_steps = samples["ERM"], samples["optimizer step"]
     rows = {}
-    for key in SETTINGS:
-        if key == "ERM":
-            passes = 1.0
-        else:
-            k, n = trainers[key].amp_config.inner_steps, trainers[key].amp_config.interval
-            passes = ((k + 1) + (n - 1)) / n  # passes per step, averaged over the interval's cycle
+    for key in chosen:
+        passes = 1.0 if key == "ERM" else passes_per_step(trainers[key].amp_config)
         ideal = [passes * (e - o) + o for e, o in zip(erm_steps, opt_steps)]
         rows[key] = {
             "median_step_s": round(statistics.median(samples[key]), 4),
@@ -350,6 +359,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     parser.add_argument("--profile", action="store_true", help="only profile where AMP's step time and memory go")
+    parser.add_argument("--only", nargs="+", choices=list(SETTINGS), help="time these settings (and ERM) only")
     parser.add_argument("--memory-probe", nargs=3, metavar=("MODEL", "SETTING", "STEPS"), help=argparse.SUPPRESS)
     cli = parser.parse_args()
     transformers.logging.set_verbosity_error()
@@ -367,8 +377,9 @@ def main() -> None:
         return
     results = {}
     for name in models:
-        results[name] = time_model(name, MODELS[name], rounds)
-        results[name]["memory"] = measure_memory(name, steps=3)
+        results[name] = time_model(name, MODELS[name], rounds, cli.only)
+        if not cli.only:
+            results[name]["memory"] = measure_memory(name, steps=3)
     record = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "versions": {
@@ -380,7 +391,7 @@ def main() -> None:
         "results": results,
     }
     Path(cli.out).mkdir(parents=True, exist_ok=True)
-    path = Path(cli.out) / ("cost_quick.json" if cli.quick else "cost.json")
+    path = Path(cli.out) / ("cost_quick.json" if cli.quick else "cost_selected.json" if cli.only else "cost.json")
     path.write_text(json.dumps(record, indent=2))
     print(f"\nwrote {path}")
 
