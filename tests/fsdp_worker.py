@@ -3,8 +3,8 @@
 Checks, in one launch (a process launch costs ~10 s of imports):
   1. norms of sharded DTensors: `perturbed_weights` on FSDP-style shards (one tensor with dim 0 not divisible by the
      world size, one whose shard on rank 1 is empty) moves every whole tensor exactly as it moves the unsharded
-     tensors, for the tensor, global, relative and elementwise balls, restores the shards bit for bit, a non-finite loss on one
-     rank makes every rank skip, and sharded and unsharded tensors together are refused;
+     tensors, for the tensor, global, relative and elementwise balls, restores the shards bit for bit, a non-finite
+     loss on one rank makes every rank skip, and sharded and unsharded tensors together are refused;
   2. AMPTrainer under FSDP2 prepared by accelerate's own FSDP plugin (three FSDP units, uneven shards) gives the
      weights of one process running AMP on the concatenated global micro-batches (`reference_amp`), with gradient
      accumulation too, a non-zero Δ, and the same logged metrics on every rank; and with accelerate's bf16

@@ -389,7 +389,7 @@ def test_plain_training_arguments_use_the_defaults_and_say_so(tmp_path, caplog):
 
 
 # --------------------------------------------------------------------------------- refused back-ends
-@pytest.mark.parametrize("flag", ["is_deepspeed_enabled", "is_fsdp_enabled"])
+@pytest.mark.parametrize("flag", ["is_fsdp_enabled"])  # FSDP1 here; DeepSpeed ZeRO-3: test_deepspeed.py
 def test_unsupported_backends_are_refused_at_construction(tmp_path, flag):
     class PretendBackend(Trainer):
         def __init__(self, *args, **kwargs):

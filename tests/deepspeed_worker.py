@@ -1,0 +1,141 @@
+"""Run by `test_deepspeed.py` under `torchrun --nproc_per_node 2` (CPU, gloo). Exits non-zero on any failure.
+
+AMPTrainer through the Trainer's own DeepSpeed integration, ZeRO stages 1 and 2, checked in one launch (a process
+launch costs ~10 s of imports):
+  1. the weights after 3 steps (gradient accumulation 2, the tensor and the global ball) equal AMPTrainer's without
+     DeepSpeed (DDP, same AdamW) as closely as the plain Trainer under DeepSpeed equals the plain Trainer without it;
+     the engine's step and micro-step counters equal the plain Trainer's under DeepSpeed (the ascent runs no engine
+     backward), and every rank ends bit-identical;
+  2. a bf16 engine trains with a non-zero Δ and logs the plain Trainer's first loss;
+  3. with the shipped examples/accelerate/deepspeed_zero2.json, a checkpoint saved at step 2 and resumed gives the
+     uninterrupted run's weights;
+  4. ZeRO-3 is refused before training, with a message that names the alternatives.
+Two CPU processes need `use_cpu=True` (`--use_cpu`): without it the Trainer's accelerate state takes its DeepSpeed
+branch, which picks no process-group backend without GPUs and counts one process while DeepSpeed counts two.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+
+import torch
+import torch.distributed as dist
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from helpers import SequentialAMPTrainer, SequentialTrainer, text_data, tiny_args, tiny_bert
+
+from amp_hf import close_process_group
+
+STEPS = 3
+
+
+def ds_config(stage: int, bf16: bool = False) -> dict:
+    config = {
+        "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto", "train_batch_size": "auto",
+        "gradient_clipping": "auto", "zero_optimization": {"stage": stage},
+        "optimizer": {"type": "AdamW", "params": {"torch_adam": True, "lr": "auto", "weight_decay": "auto",
+                                                  "betas": "auto", "eps": "auto"}},
+    }  # fmt: skip
+    if bf16:
+        config["bf16"] = {"enabled": True}
+    return config
+
+
+EXAMPLE_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples", "accelerate",
+                              "deepspeed_zero2.json")  # fmt: skip
+
+
+def run(cls, out: str, stage: int | str | None = None, bf16: bool = False, resume: str | None = None, **overrides):
+    settings = dict(optim="adamw_torch", learning_rate=1e-3, max_steps=STEPS, ddp_backend="gloo", bf16=bf16)
+    settings.update(overrides)
+    if stage == "example":
+        settings["deepspeed"] = EXAMPLE_CONFIG  # the shipped config file, as `--deepspeed` takes it
+    elif stage is not None:
+        settings["deepspeed"] = ds_config(stage, bf16)
+    trainer = cls(model=tiny_bert(), args=tiny_args(out, **settings), train_dataset=text_data())
+    trainer.train(resume_from_checkpoint=resume)
+    return trainer
+
+
+def weights(trainer) -> dict[str, torch.Tensor]:
+    return {n: p.detach().float().clone() for n, p in trainer.model.named_parameters()}
+
+
+def distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    return max(float((a[n] - b[n]).abs().max()) for n in a)
+
+
+def assert_ranks_identical(trainer) -> None:
+    for name, p in trainer.model.named_parameters():
+        gathered = [torch.empty_like(p) for _ in range(dist.get_world_size())]
+        dist.all_gather(gathered, p.detach().contiguous())
+        assert all(torch.equal(gathered[0], g) for g in gathered[1:]), f"{name} differs across ranks"
+
+
+def main() -> None:
+    # one folder for both ranks (rank 0 writes the Trainer's state, every rank its engine shards): named by the port
+    out = os.path.join(tempfile.gettempdir(), f"amp_hf_deepspeed_{os.environ['MASTER_PORT']}")
+    rank = dist.get_rank() if dist.is_initialized() else int(os.environ["RANK"])
+    erm_ds = run(SequentialTrainer, out, stage=2, gradient_accumulation_steps=2)
+    assert erm_ds.args.world_size == 2 and dist.get_world_size() == 2
+    erm_gap = distance(weights(erm_ds), weights(run(SequentialTrainer, out, gradient_accumulation_steps=2)))
+    counters = (erm_ds.model_wrapped.global_steps, erm_ds.model_wrapped.micro_steps)
+    erm_plain = weights(run(SequentialTrainer, out, gradient_accumulation_steps=2))
+    for stage, norm, epsilon in ((1, "tensor", 0.05), (2, "global", 0.1)):
+        amp = dict(amp_norm=norm, amp_epsilon=epsilon, gradient_accumulation_steps=2)
+        amp_ds = run(SequentialAMPTrainer, out, stage=stage, **amp)
+        amp_plain = weights(run(SequentialAMPTrainer, out, **amp))
+        gap = distance(weights(amp_ds), amp_plain)
+        assert gap <= 2 * erm_gap + 2e-6, f"ZeRO-{stage} {norm}: {gap} from AMP without DeepSpeed (ERM: {erm_gap})"
+        assert distance(amp_plain, erm_plain) > 1e-3, "AMP did not move the weights: the comparison is vacuous"
+        engine = amp_ds.model_wrapped
+        assert (engine.global_steps, engine.micro_steps) == counters, (
+            (engine.global_steps, engine.micro_steps),
+            counters,
+        )
+        assert all(h["amp_delta_norm"] > 0 for h in amp_ds.state.log_history if "loss" in h)
+        assert_ranks_identical(amp_ds)
+        print(
+            f"rank {rank}: ZeRO-{stage} {norm} GA=2 == AMP without DeepSpeed ({gap:.1e}; ERM {erm_gap:.1e})", flush=True
+        )
+
+    amp_bf16 = run(SequentialAMPTrainer, out, stage=2, bf16=True, amp_epsilon=0.05)
+    erm_bf16 = run(SequentialTrainer, out, stage=2, bf16=True)
+    assert next(amp_bf16.model.parameters()).dtype == torch.bfloat16
+    amp_logs = [h for h in amp_bf16.state.log_history if "loss" in h]
+    erm_logs = [h for h in erm_bf16.state.log_history if "loss" in h]
+    assert amp_logs[0]["loss"] == erm_logs[0]["loss"] and all(h["amp_delta_norm"] > 0 for h in amp_logs)
+    assert all(torch.isfinite(p).all() for p in amp_bf16.model.parameters())
+    print(f"rank {rank}: ZeRO-2 bf16 engine trains with AMP", flush=True)
+
+    common = dict(amp_epsilon=0.05, max_steps=4, save_strategy="steps", save_steps=2)
+    whole = weights(run(SequentialAMPTrainer, out + "/whole", stage="example", **common))
+    run(SequentialAMPTrainer, out + "/cut", stage="example", **{**common, "max_steps": 2})
+    resumed = weights(
+        run(SequentialAMPTrainer, out + "/resumed", stage="example", resume=out + "/cut/checkpoint-2", **common)
+    )
+    assert distance(resumed, whole) == 0.0, distance(resumed, whole)
+    print(f"rank {rank}: ZeRO-2 checkpoint resumed == uninterrupted run", flush=True)
+
+    try:
+        SequentialAMPTrainer(
+            model=tiny_bert(), train_dataset=text_data(),
+            args=tiny_args(out, ddp_backend="gloo", optim="adamw_torch", deepspeed=ds_config(3)),
+        )  # fmt: skip
+    except ValueError as err:
+        assert "ZeRO stage 3" in str(err) and "ZeRO stage 1 or 2" in str(err), err
+    else:
+        raise AssertionError("ZeRO-3 was accepted")
+    print(f"rank {rank}: ZeRO-3 refused at construction", flush=True)
+    dist.barrier()
+    if rank == 0:
+        shutil.rmtree(out, ignore_errors=True)
+    print(f"rank {rank}: ALL OK", flush=True)
+    close_process_group()
+
+
+if __name__ == "__main__":
+    main()
