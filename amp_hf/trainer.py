@@ -31,6 +31,8 @@ every pass (the ascent needs it; the descent then accumulates into the sharded `
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,8 +65,8 @@ class AMPMixin:
     """Adds Adversarial Model Perturbation to a `Trainer` subclass: `class X(AMPMixin, SomeTrainer)`.
 
     The AMP settings come from the `amp_*` fields of `args` (see `AMPTrainingArguments`); a plain `TrainingArguments`
-    gets the reference defaults. Everything but `training_step`, `compute_loss` (in the descent pass only) and `log`
-    is the wrapped Trainer's.
+    gets the reference defaults. Everything but `training_step` and `log` is the wrapped Trainer's (in the descent
+    pass, `compute_loss`'s value is swapped for the clean loss's: `_amp_swapped_loss`).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -73,7 +75,6 @@ class AMPMixin:
         self._amp_candidates: tuple[int, list[tuple[str, torch.nn.Parameter]]] | None = None
         self._amp_saved: tuple[list[tuple], list[torch.Tensor]] | None = None
         self._amp_window = _MetricsWindow()
-        self._amp_descent: _Descent | None = None
         self._amp_announced = False
         self._amp_warned_descent = False
 
@@ -242,41 +243,48 @@ class AMPMixin:
                 record_function("amp.descent_pass"),
             ):
                 descent.ascent = ascent
-                self._amp_descent = descent
-                loss = super().training_step(model, inputs, num_items_in_batch)
+                with self._amp_swapped_loss(descent):
+                    loss = super().training_step(model, inputs, num_items_in_batch)
         finally:
-            self._amp_descent = None
             if stats is not None:
                 stats.restore()
         self._amp_record(loss, descent)
         return loss
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """The Trainer's `compute_loss`; in an AMP descent pass, its value is swapped for the clean loss's.
+    @contextmanager
+    def _amp_swapped_loss(self, descent: _Descent) -> Iterator[None]:
+        """In the descent pass, the Trainer's `compute_loss` call returns the clean loss's value with the gradient of
+        the loss at θ + Δ.
 
-        The tensor returned carries the gradient of the loss at θ + Δ and the value of the clean loss at θ, both on
-        the Trainer's scale, so whatever the Trainer then does to it (divide by the accumulation steps, log it,
-        filter NaN) gives what the plain Trainer would have logged. A descent loss that is not finite is not
-        returned: θ is put back and the micro-batch's loss is computed again there (counted in `amp_skipped`).
+        The Trainer calls `self.compute_loss` once per `training_step`; for that call an instance attribute wraps
+        whatever `compute_loss` this trainer has (a subclass's override included). The tensor it returns carries the
+        descent's gradient and the value of the clean loss at θ, both on the Trainer's scale, so whatever the Trainer
+        then does with it (divide by the accumulation steps, log it, filter NaN) gives what the plain Trainer would
+        have logged. A descent loss that is not finite where the clean one was is never returned: θ is put back and
+        the micro-batch's loss is computed again there (counted in `amp_skipped`).
         """
-        descent, self._amp_descent = self._amp_descent, None  # the descent pass calls compute_loss once
-        result = super().compute_loss(
-            model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
-        )
-        if descent is None or descent.ascent is None or descent.ascent.skipped or descent.clean is None:
-            return result  # not a descent pass at θ + Δ: the Trainer's own loss, untouched
-        loss = result[0] if return_outputs else result
-        finite = torch.isfinite(loss.detach()).all() | ~torch.isfinite(descent.clean)  # not finite at θ: Trainer's
-        if not bool(on_every_process(finite, descent.ascent.group)):
-            # θ + Δ overflowed where θ did not: never back-propagate it; train this micro-batch at θ instead
-            descent.fell_back = True
-            descent.ascent.restore()
-            return super().compute_loss(
-                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
-            )
-        descent.perturbed_loss = loss.detach()
-        swapped = descent.clean.to(loss.dtype).reshape(loss.shape) + (loss - loss.detach())
-        return (swapped, result[1]) if return_outputs else swapped
+        compute_loss = self.compute_loss  # bound: the most derived override
+
+        def swapped(*args: Any, **kwargs: Any):
+            del self.compute_loss  # one call: the descent pass's
+            result = compute_loss(*args, **kwargs)
+            returns_outputs = isinstance(result, tuple)
+            loss = result[0] if returns_outputs else result
+            finite = torch.isfinite(loss.detach()).all() | ~torch.isfinite(descent.clean)  # NaN at θ: Trainer's
+            if not bool(on_every_process(finite, descent.ascent.group)):
+                descent.fell_back = True
+                descent.ascent.restore()
+                return compute_loss(*args, **kwargs)
+            descent.perturbed_loss = loss.detach()
+            loss = descent.clean.to(loss.dtype).reshape(loss.shape) + (loss - loss.detach())
+            return (loss, *result[1:]) if returns_outputs else loss
+
+        if descent.ascent is not None and not descent.ascent.skipped and descent.clean is not None:
+            self.compute_loss = swapped
+        try:
+            yield
+        finally:
+            self.__dict__.pop("compute_loss", None)
 
     def _amp_ascent_gradient(
         self,

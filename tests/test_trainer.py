@@ -513,11 +513,12 @@ def test_perturbed_set_follows_requires_grad_during_training(tmp_path):
 
     class Spy(SequentialAMPTrainer):
         def training_step(self, model, inputs, num_items_in_batch=None):
-            self.theta = params_of(model)
+            self.theta, self.calls = params_of(model), 0
             return super().training_step(model, inputs, num_items_in_batch)
 
         def compute_loss(self, model, inputs, *args, **kwargs):
-            if self._amp_descent is not None:  # the descent pass: which weights sit away from θ?
+            self.calls += 1
+            if self.calls == 2:  # the descent pass (K = 1): which weights sit away from θ?
                 moved = {n for n, p in model.named_parameters() if not torch.equal(p, self.theta[n])}
                 perturbed_at_step[self.state.global_step] = moved
             return super().compute_loss(model, inputs, *args, **kwargs)

@@ -150,3 +150,20 @@ def test_compute_loss_func_over_the_count_trains_with_the_micro_batch_mean_ascen
         TinyClassifier(), data, steps=3, batch_size=4, grad_accum=2, epsilon=0.05, token_normalised=True
     )
     assert_params_close(amp.model, expected)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_first_logged_loss_is_the_clean_loss_with_a_real_ball(tmp_path, case):
+    """With a ball that moves the weights, the first step still sits at the shared θ₀: `loss` is the clean loss there,
+    whatever computes it (a custom `compute_loss` that never calls the Trainer's included), and `amp_loss` is higher."""
+    model_cls, kwargs, amp_cls, erm_cls, data_fn = CASES[case]
+    common = dict(gradient_accumulation_steps=2, max_steps=1, logging_steps=1)
+    amp = amp_cls(
+        model=model_cls(), args=tiny_args(tmp_path / "a", amp_epsilon=0.5, **common), train_dataset=data_fn(), **kwargs
+    )
+    erm = erm_cls(model=model_cls(), args=tiny_args(tmp_path / "e", **common), train_dataset=data_fn(), **kwargs)
+    amp.train()
+    erm.train()
+    first = next(e for e in amp.state.log_history if "loss" in e)
+    assert first["loss"] == pytest.approx(logged(erm)[0], rel=1e-6)
+    assert first["amp_loss"] > first["loss"] and first["amp_skipped"] == 0
