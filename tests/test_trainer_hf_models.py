@@ -83,3 +83,47 @@ def test_seq2seq_trainer_through_the_mixin(tmp_path):
     logs = [e for e in trainer.state.log_history if "amp_loss" in e]
     assert len(logs) == 3
     assert all(e["amp_delta_norm"] == pytest.approx(0.1, rel=1e-4) for e in logs)  # the global ball binds
+
+
+def test_ascent_fraction_on_padded_variable_length_batches(tmp_path):
+    """A BERT fed by DataCollatorWithPadding: the ascent sees the first rows of each padded micro-batch, masks and all.
+    At ε = 1e-30 (θ + Δ == θ) the weights are the plain Trainer's and the logged loss is the head's clean loss."""
+    from transformers import BatchEncoding
+
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(3, 12, (32,), generator=g).tolist()
+    rows = [torch.randint(1, 64, (n,), generator=g).tolist() for n in lengths]
+    data = Dataset.from_dict({"input_ids": rows, "labels": [r[0] % 2 for r in rows]})
+
+    class Pad:
+        """What DataCollatorWithPadding returns (a BatchEncoding, padded to the longest row), without a tokenizer."""
+
+        def __call__(self, features):
+            width = max(len(f["input_ids"]) for f in features)
+            ids = torch.tensor([f["input_ids"] + [0] * (width - len(f["input_ids"])) for f in features])
+            mask = torch.tensor([[1] * len(f["input_ids"]) + [0] * (width - len(f["input_ids"])) for f in features])
+            return BatchEncoding(
+                {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([f["labels"] for f in features])}
+            )
+
+    seen: list[tuple[int, ...]] = []
+
+    class Spy(AMPTrainer):
+        def compute_loss(self, model, inputs, *args, **kwargs):
+            seen.append(tuple(inputs["input_ids"].shape))
+            return super().compute_loss(model, inputs, *args, **kwargs)
+
+    settings = dict(COMMON, max_steps=3, per_device_train_batch_size=8, optim="adamw_torch")
+    amp = Spy(
+        model=tiny_bert(), args=AMPTrainingArguments(tmp_path / "a", **settings, amp_epsilon=1e-30,
+                                                     amp_ascent_fraction=0.25), train_dataset=data, data_collator=Pad(),
+    )  # fmt: skip
+    amp.train()
+    assert [shape[0] for shape in seen] == [2, 8] * 3  # ascent on ⌈0.25·8⌉ = 2 rows, descent on all 8
+    assert all(a[1] == d[1] for a, d in zip(seen[::2], seen[1::2]))  # the same padded width
+    erm = Trainer(model=tiny_bert(), args=AMPTrainingArguments(tmp_path / "e", **settings), train_dataset=data,
+                  data_collator=Pad())  # fmt: skip
+    erm.train()
+    for (name, a), (_, b) in zip(amp.model.named_parameters(), erm.model.named_parameters()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=name)
+    assert all(torch.isfinite(torch.tensor(e["loss"])) for e in amp.state.log_history if "loss" in e)

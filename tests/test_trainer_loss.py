@@ -167,3 +167,21 @@ def test_first_logged_loss_is_the_clean_loss_with_a_real_ball(tmp_path, case):
     first = next(e for e in amp.state.log_history if "loss" in e)
     assert first["loss"] == pytest.approx(logged(erm)[0], rel=1e-6)
     assert first["amp_loss"] > first["loss"] and first["amp_skipped"] == 0
+
+
+def test_ascent_fraction_with_compute_loss_func_over_the_count(tmp_path):
+    """The head's own item count is what the ascent passes: the mean over the head's items, as the reference does."""
+    data = DictDataset(n=64, ignored_every=3)
+    amp = SequentialAMPTrainer(
+        model=TinyClassifier(),
+        args=tiny_args(tmp_path, gradient_accumulation_steps=2, per_device_train_batch_size=8, amp_epsilon=0.05,
+                       amp_ascent_fraction=0.5),
+        train_dataset=data,
+        compute_loss_func=sum_over_count_loss_func,
+    )  # fmt: skip
+    amp.train()
+    expected = reference_amp(
+        TinyClassifier(), data, steps=3, batch_size=8, grad_accum=2, epsilon=0.05, token_normalised=True,
+        ascent_fraction=0.5,
+    )  # fmt: skip
+    assert_params_close(amp.model, expected)
