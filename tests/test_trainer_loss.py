@@ -185,3 +185,44 @@ def test_ascent_fraction_with_compute_loss_func_over_the_count(tmp_path):
         ascent_fraction=0.5,
     )  # fmt: skip
     assert_params_close(amp.model, expected)
+
+
+def test_causal_lm_with_an_unlabelled_micro_batch_logs_the_trainers_loss(tmp_path):
+    """A tiny GPT-2 (its loss shifts labels and honours num_items_in_batch), completion-only labels, and one
+    micro-batch of an accumulation window with no labelled token: it used to be 'skipped' and to double the log."""
+    import datasets
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    def gpt2() -> GPT2LMHeadModel:
+        torch.manual_seed(0)
+        return GPT2LMHeadModel(
+            GPT2Config(
+                vocab_size=50,
+                n_positions=16,
+                n_embd=16,
+                n_layer=1,
+                n_head=2,
+                resid_pdrop=0.0,
+                embd_pdrop=0.0,
+                attn_pdrop=0.0,
+                bos_token_id=0,
+                eos_token_id=0,
+            )
+        )
+
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 50, (16, 10), generator=g)
+    labels = ids.clone()
+    labels[:, :6] = -100  # the prompt is not trained on
+    labels[4:8] = -100  # micro-batch 2: no completion token at all
+    data = datasets.Dataset.from_dict({"input_ids": ids.tolist(), "labels": labels.tolist()})
+    common = dict(gradient_accumulation_steps=2, max_steps=2, optim="adamw_torch", learning_rate=1e-3)
+    amp = SequentialAMPTrainer(
+        model=gpt2(), args=tiny_args(tmp_path / "a", amp_epsilon=TINY_BALL, **common), train_dataset=data
+    )
+    erm = SequentialTrainer(model=gpt2(), args=tiny_args(tmp_path / "e", **common), train_dataset=data)
+    amp.train()
+    erm.train()
+    assert amp.model_accepts_loss_kwargs
+    assert logged(amp) == pytest.approx(logged(erm), rel=1e-5)
+    assert sum(e["amp_skipped"] for e in amp.state.log_history if "loss" in e) == 0
