@@ -16,16 +16,15 @@ parameters are kept gathered outside the partitions.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-try:  # optional dependency: pip install "amp-hf[deepspeed]"
+if TYPE_CHECKING:  # pragma: no cover - type hints only
     from deepspeed import DeepSpeedEngine
-except ImportError:  # pragma: no cover - depends on the environment
-    DeepSpeedEngine = None
 
 
 def check_supported(accelerator: Any) -> None:
@@ -42,8 +41,14 @@ def check_supported(accelerator: Any) -> None:
 
 
 def engine_of(model: torch.nn.Module) -> DeepSpeedEngine | None:
-    """The DeepSpeed engine when `model` is one (the Trainer's `model_wrapped` under DeepSpeed), else None."""
-    return model if DeepSpeedEngine is not None and isinstance(model, DeepSpeedEngine) else None
+    """The DeepSpeed engine when `model` is one (the Trainer's `model_wrapped` under DeepSpeed), else None.
+
+    DeepSpeed is not imported for this: importing it takes seconds and logs, and a model can only be its engine if
+    something imported it already.
+    """
+    deepspeed = sys.modules.get("deepspeed")
+    engine_type = getattr(deepspeed, "DeepSpeedEngine", None)
+    return model if engine_type is not None and isinstance(model, engine_type) else None
 
 
 def loss_scale(engine: DeepSpeedEngine) -> float | None:
