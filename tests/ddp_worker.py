@@ -8,7 +8,9 @@ Checks, in one launch (a process launch costs ~10 s of imports):
   3. a token-normalised loss with `average_tokens_across_devices` does not change the ascent's scale;
   4. the ascent on half of each process's micro-batch (`amp_ascent_fraction`) matches the reference;
   5. at θ + Δ == θ (ε = 1e-30) the logged `loss` and `amp_loss` equal the plain Trainer's `loss`, for a model that
-     honours `num_items_in_batch` and one that accepts it but averages itself (BERT's case: it logged half).
+     honours `num_items_in_batch` and one that accepts it but averages itself (BERT's case: it logged half);
+  6. a loss that overflows at θ + Δ: the micro-batch is trained at θ through the DDP wrapper (a second forward
+     before the backward), the weights stay finite and equal the plain Trainer's, on every rank.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from helpers import (
     DictDataset,
     MeanLossWithKwargs,
+    OverflowsWhenPushed,
     SequentialAMPTrainer,
     SequentialTrainer,
     TinyClassifier,
@@ -71,7 +74,9 @@ DistributedDataParallel.forward = counting_forward
 
 def run(trainer_cls, model, data, out, **overrides):
     counts.update(allreduce=0, ddp_forward=0)
-    args = tiny_args(out, max_steps=STEPS, per_device_train_batch_size=BATCH, ddp_backend="gloo", **overrides)
+    args = tiny_args(
+        out, **{"max_steps": STEPS, "per_device_train_batch_size": BATCH, "ddp_backend": "gloo", **overrides}
+    )
     ref: list = []
     trainer = trainer_cls(model=model, args=args, train_dataset=data, callbacks=[CountCommunication(ref)])
     ref.append(trainer)
@@ -140,6 +145,14 @@ def main() -> None:
                 erm_loss,
             )
     print(f"rank {dist.get_rank()}: logged loss == the Trainer's with 2 processes", flush=True)
+
+    # one step, at θ₀: θ + Δ overflows on both ranks, so both retrain at θ: the plain Trainer's step exactly
+    overflow, _ = run(SequentialAMPTrainer, OverflowsWhenPushed(), data, out, max_steps=1)
+    plain, _ = run(SequentialTrainer, OverflowsWhenPushed(), data, out, max_steps=1)
+    assert sum(e["amp_skipped"] for e in overflow.state.log_history if "loss" in e) == 2  # one per rank, summed
+    assert_close_to(overflow.model, plain.model, "overflow at θ + Δ under DDP")
+    assert_ranks_identical(overflow.model)
+    print(f"rank {dist.get_rank()}: overflow at θ + Δ trained at θ under DDP", flush=True)
     print(f"rank {dist.get_rank()}: ALL OK", flush=True)
     close_process_group()  # without it, torch 2.13's gloo threads abort the process at exit (5 of 20 launches)
 

@@ -55,6 +55,20 @@ class MeanLossWithKwargs(TinyClassifier):
         return super().forward(x, labels)
 
 
+class OverflowsWhenPushed(TinyClassifier):
+    """Finite at θ, infinite at θ + Δ: exp(200·s) overflows float32 once the ascent moves s from 0 to ε = 0.5."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.s = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x, labels=None):
+        out = super().forward(x, labels)
+        if labels is not None:
+            out["loss"] = out["loss"] + torch.exp(200 * self.s)
+        return out
+
+
 class DictDataset(Dataset):
     def __init__(self, n: int = 32, n_in: int = 6, n_out: int = 3, seed: int = 1, ignored_every: int = 0):
         g = torch.Generator().manual_seed(seed)

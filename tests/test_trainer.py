@@ -9,6 +9,7 @@ import pytest
 import torch
 from helpers import (
     DictDataset,
+    OverflowsWhenPushed,
     SequentialAMPTrainer,
     SequentialTrainer,
     TinyClassifier,
@@ -469,20 +470,6 @@ def test_elementwise_delta_lands_on_its_ball(tmp_path):
 
 
 # ------------------------------------------------------------------------- what real scripts do to AMP
-class OverflowsWhenPushed(TinyClassifier):
-    """Finite at θ, infinite at θ + Δ: exp(200·s) overflows float32 once the ascent moves s from 0 to ε = 0.5."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.s = nn.Parameter(torch.zeros(()))
-
-    def forward(self, x, labels=None):
-        out = super().forward(x, labels)
-        if labels is not None:
-            out["loss"] = out["loss"] + torch.exp(200 * self.s)
-        return out
-
-
 @pytest.mark.parametrize("inner_steps", [1, 2])
 def test_non_finite_loss_at_the_perturbed_weights_never_reaches_them(tmp_path, inner_steps, caplog):
     with caplog.at_level(logging.WARNING, logger="amp_hf.trainer"):
