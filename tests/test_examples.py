@@ -16,6 +16,7 @@ import image_classification  # noqa: E402
 import text_classification  # noqa: E402
 
 FAST = "--use_cpu --report_to none --save_strategy no --disable_tqdm true --logging_steps 1 --max_steps 2".split()
+FAST += ["--amp_preset", "none"]  # the AMPTrainingArguments defaults; the presets: test_presets_follow_recommended
 TINY_VIT = "--vit_hidden_size 32 --vit_num_layers 1 --vit_num_heads 2 --per_device_train_batch_size 16".split()
 
 
@@ -97,3 +98,28 @@ def test_image_example_with_two_processes(tmp_path):
     state = json.loads((tmp_path / "trainer_state.json").read_text())
     assert any("amp_loss" in e for e in state["log_history"])
     assert state["global_step"] == 2
+
+
+RECOMMENDED = json.loads((EXAMPLES.parent / "benchmarks" / "results" / "recommended.json").read_text())
+
+
+@pytest.mark.parametrize(
+    ("script", "family", "extra"),
+    [
+        (text_classification, "text_finetune", ["--per_device_train_batch_size", "8"]),
+        (image_classification, "vit_from_scratch", TINY_VIT),
+        (image_classification, "cnn", TINY_VIT + ["--model_type", "resnet"]),
+    ],
+)
+def test_presets_follow_recommended_json(tmp_path, script, family, extra):
+    """Without --amp_* flags the examples train with the study's recommendation for their family (README)."""
+    base = ["--output_dir", str(tmp_path), "--max_train_samples", "32", "--max_eval_samples", "16"]
+    fast = FAST[:-2] + ["--max_steps", "4"]  # FAST without its --amp_preset none
+    trainer, _ = script.main(base + fast + extra)
+    chosen = RECOMMENDED[family]
+    for key, value in chosen["args"].items():
+        assert getattr(trainer.args, key) == value, (key, getattr(trainer.args, key), value)
+    assert trainer.args.amp_start_step == int(chosen.get("start_fraction", 0.0) * 4)
+    # an explicit --amp_* flag wins over the preset
+    trainer, _ = script.main(base + fast + extra + ["--amp_epsilon", "0.123"])
+    assert trainer.args.amp_epsilon == 0.123 and trainer.args.amp_norm == "tensor"
