@@ -670,6 +670,9 @@ class Scheduler:
         self.cached = read_cache(cache)
         self.pending: list[tuple[float, Spec]] = []
         self.trained = 0
+        self.cached_only = False
+        """--cached-only: report from the cache, train nothing; what is missing is listed in `missing`."""
+        self.missing: list[Spec] = []
         cache.parent.mkdir(parents=True, exist_ok=True)
 
     def add(self, specs: list[Spec], priority: float) -> None:
@@ -678,6 +681,8 @@ class Scheduler:
                 continue
             if spec.key() in self.cached:
                 self.done[spec] = self.cached[spec.key()]
+            elif self.cached_only:
+                self.missing.append(spec)
             else:
                 self.pending.append((priority + _cost(spec) / 1e9, spec))
 
@@ -1031,6 +1036,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=["tuning", "eval", "cnn"], default=None)
     parser.add_argument("--quick", action="store_true", help="tiny sizes, 1 epoch, one eval seed: a smoke run")
+    parser.add_argument("--cached-only", action="store_true", help="write the report from cached runs, train none")
     parser.add_argument("--workers", type=int, default=2, help="runs at a time (one thread each)")
     parser.add_argument("--cache", type=Path, default=OUTPUTS / "runs.jsonl")
     parser.add_argument("--out", type=Path, default=None, help="default: benchmarks/results (partial/quick: outputs)")
@@ -1045,6 +1051,7 @@ def main() -> None:
     out = cli.out or (OUTPUTS / "quick" if quick else OUTPUTS / f"only-{cli.only}" if cli.only else RESULTS)
     out.mkdir(parents=True, exist_ok=True)
     scheduler = Scheduler(cli.workers, cli.cache)
+    scheduler.cached_only = cli.cached_only
     choices: dict[str, dict] = {}
 
     # Priorities: tuning first (the evaluation waits on it), then the runs that need a choice, then the rest.
@@ -1127,6 +1134,7 @@ def main() -> None:
         "wall_seconds": round(time.perf_counter() - started),
         "study_wall_seconds": study_wall_seconds(out / "transfer.json", rows, scheduler.trained, started),
         "runs_trained": scheduler.trained,
+        "runs_not_run": sorted(f"{s.task} seed {s.seed} {s.method.name}" for s in scheduler.missing),
         "training_seconds_all_runs": round(sum(r["train_seconds"] for r in rows)),
         "eval_seconds_all_runs": round(sum(r["eval_seconds"] for r in rows)),
         "tasks": {name: asdict(task) for name, task in TASKS.items()},
