@@ -333,11 +333,12 @@ class AMPMixin:
         on_trainer_scale = loss
         if count is not None:
             d_count = grads.pop()
-            whole = self._local_item_count(self._prepare_inputs(inputs)) if ascent_inputs is not inputs else items
+            whole = self._local_item_count(inputs) if ascent_inputs is not inputs else items  # counted on the device
             n, n_whole = count.detach(), whole.clamp(min=1).to(count.dtype)
             on_trainer_scale = loss + d_count * n * (1 - n_whole / num_items_in_batch)
-            loss = loss / self._amp_process_factor()  # the Trainer's compute_loss multiplied the count's loss by it
-            torch._foreach_div_(grads, self._amp_process_factor())
+            factor = self._amp_process_factor()  # the Trainer's compute_loss multiplied the count's loss by it
+            loss = loss / factor
+            torch._foreach_div_(grads, factor)
         return loss, grads, on_trainer_scale.reshape(())
 
     def _amp_ascent_loss(
