@@ -9,34 +9,48 @@ Three things differ from plain PyTorch, and each has one function here:
     micro-steps): the engine's partitioned gradient buffers and counters never see the ascent.
   - an fp16 engine scales its loss itself: `loss_scale` reads that scale, so the ascent can scale and unscale as it
     does for the GradScaler.
-ZeRO-3 is refused for now (`check_supported`): its partitioned parameters need what FSDP2's shards get in
-`perturbation.py` (whole-tensor norms over the partitions, one Δ for every process), and its persistent small
-parameters are kept gathered outside the partitions.
+ZeRO-3 partitions every parameter across the processes: `zero3_gradient` gives the ascent each process's partition
+of the gradient averaged over the processes, and `sharding.py` perturbs the partitions with whole-tensor norms and
+drops the engine's gathered copies after each write, so every process applies its part of one and the same Δ (as
+under FSDP2). Parameter offload and ZeRO++'s secondary partitions are refused (`check_supported`).
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.distributed as dist
+
+from .sharding import is_partitioned, zero3_valid_range
 
 if TYPE_CHECKING:  # pragma: no cover - type hints only
     from deepspeed import DeepSpeedEngine
 
 
 def check_supported(accelerator: Any) -> None:
-    """Refuses, before anything trains, the DeepSpeed set-ups AMP does not handle correctly yet (ZeRO-3)."""
+    """Refuses, before anything trains, the DeepSpeed set-ups AMP does not handle correctly: ZeRO-3 with parameter
+    offload (the partitions live off the device) or with ZeRO++'s hierarchical partitions, and MiCS."""
     plugin = getattr(getattr(accelerator, "state", None), "deepspeed_plugin", None)
-    stage = getattr(plugin, "zero_stage", None)
-    if stage == 3:
+    if getattr(plugin, "zero_stage", None) != 3:
+        return
+    zero = (getattr(plugin, "deepspeed_config", None) or {}).get("zero_optimization", {})
+    offload = str((zero.get("offload_param") or {}).get("device", "none")).lower()
+    problems = []
+    if offload not in ("none", "auto"):
+        problems.append(f"offload_param.device={offload!r} (allowed: 'none'; offload_optimizer is fine)")
+    if int(zero.get("zero_hpz_partition_size", 1) or 1) > 1:
+        problems.append(f"zero_hpz_partition_size={zero['zero_hpz_partition_size']} (allowed: 1)")
+    if int(zero.get("mics_shard_size", -1) or -1) > 0:
+        problems.append(f"mics_shard_size={zero['mics_shard_size']} (allowed: -1, MiCS off)")
+    if problems:
         raise ValueError(
-            "AMPTrainer does not support DeepSpeed ZeRO stage 3 yet: its parameters are partitioned across processes "
-            "(and small ones kept gathered), and perturbing them needs whole-tensor norms over the partitions. Use "
-            "ZeRO stage 1 or 2 (zero_optimization.stage in the DeepSpeed config), FSDP2 to shard the parameters "
-            "(examples/accelerate/fsdp_gpu.yaml), or set amp_inner_steps=0 / amp_epsilon=0 for plain training."
+            "AMPTrainer supports DeepSpeed ZeRO stage 3 with its parameters partitioned on the devices over one "
+            f"process group; the config has {'; '.join(problems)}. Change zero_optimization accordingly, use ZeRO "
+            "stage 1 or 2, or set amp_inner_steps=0 / amp_epsilon=0 for plain training."
         )
 
 
@@ -78,3 +92,36 @@ def deferred_step(engine: DeepSpeedEngine | None) -> Iterator[None]:
         del engine.step
     for args, kwargs in held:
         engine.step(*args, **kwargs)
+
+
+def zero3_gradient(
+    engine: DeepSpeedEngine, loss: torch.Tensor, wrt: Sequence[torch.Tensor]
+) -> list[torch.Tensor | None]:
+    """∇loss for ZeRO-3: for each partitioned parameter, this process's valid partition (flat) of the gradient
+    averaged over the processes; other tensors in `wrt` (the item count) get their own local gradient.
+
+    `torch.autograd.grad` differentiates the module without the engine: the engine's gradient hooks fire on
+    accumulation into `.grad`, which does not happen, so its partitioned gradient buffers and counters never see the
+    ascent. The forward and backward still gather the parameters through the engine's module hooks; the submodules
+    whose post-backward hook never fires (those fed inputs without gradient) are released as the engine's own
+    backward does at its end. The average is taken in float32, one all-reduce for all tensors, and only the
+    partitions are kept: one full-size gradient exists only while this runs, as in the engine's own backward.
+    """
+    grads = list(torch.autograd.grad(loss, list(wrt), allow_unused=True))
+    engine.optimizer.parameter_offload.release_backward_leftovers()
+    where = [i for i, p in enumerate(wrt) if is_partitioned(p)]
+    if not where:
+        return grads
+    group = wrt[where[0]].ds_process_group
+    full = [grads[i].reshape(-1).float() if grads[i] is not None else torch.zeros(int(wrt[i].ds_numel)) for i in where]
+    flat = torch.cat([g.to(full[0].device) for g in full])
+    del full
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
+    flat /= dist.get_world_size(group=group)
+    offset = 0
+    for i in where:
+        p = wrt[i]
+        start, length = zero3_valid_range(p)
+        grads[i] = flat[offset + start : offset + start + length].to(p.ds_tensor.dtype, copy=True)
+        offset += int(p.ds_numel)
+    return grads

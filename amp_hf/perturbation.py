@@ -17,9 +17,9 @@ leaves the weights at θ + Δ inside the `with` block, where the caller takes th
 Trainer's loss path and backward), and copies θ back on exit, also when anything raises. Knowing nothing of the
 Trainer, it is also what the sharpness tools use.
 
-Sharded parameters (FSDP2 DTensors) are perturbed shard by shard: every step above is elementwise except the norms,
-which must be those of the whole tensors. `_norms` takes them from the local shards and sums the squares over the
-process group the tensors are sharded over; see "Sharded parameters" below.
+Sharded parameters (FSDP2 DTensors, ZeRO-3 partitions; `sharding.py`) are perturbed part by part: every step above
+is elementwise except the norms, which must be those of the whole tensors. `_norms` takes them from the local parts
+and sums the squares over the process group the tensors are split over.
 """
 
 from __future__ import annotations
@@ -34,11 +34,7 @@ import torch.distributed as dist
 from torch.profiler import record_function
 
 from .config import AMPConfig
-
-try:  # public since torch 2.5; torch builds without distributed support have no DTensor (and no FSDP2)
-    from torch.distributed.tensor import DTensor, Shard
-except ImportError:  # pragma: no cover - depends on the torch build
-    DTensor = Shard = None
+from .sharding import Layout, layout, local_shards
 
 GradientFn = Callable[[], tuple[torch.Tensor, Sequence[torch.Tensor]]]
 """Returns (mean loss, ∇ mean loss per perturbed parameter) at the parameters' current values."""
@@ -61,52 +57,16 @@ class AscentResult:
     skipped: bool = False
     """True when a loss or gradient of the ascent was not finite: the weights then stay at θ (plain ERM)."""
     group: dist.ProcessGroup | None = field(default=None, repr=False)
-    """The process group the parameters are sharded over (FSDP2), for decisions every process must share."""
+    """The process group the parameters are sharded over (FSDP2, ZeRO-3), for decisions every process must share."""
     restore: Callable[[], None] = field(default=lambda: None, repr=False)
     """Puts θ back now, inside the `with` block (the exit puts it back anyway)."""
+    layout: Layout | None = field(default=None, repr=False)
 
 
-# ------------------------------------------------------------------------------ sharded parameters (FSDP2)
-# Under FSDP2 each parameter is a DTensor, and each process holds one shard of it: a block of rows (of some dim),
-# possibly uneven across processes, possibly empty. Everything elementwise (Δ ← Δ + ζ·g, θ + Δ, the restore) works on
-# the local shards as they are. A norm does not: ‖t‖² is the sum over the shards of ‖shard‖², so the squared local
-# norms are summed over the process group the tensors are sharded over. An empty shard simply adds 0.
-
-
-def is_sharded(t: torch.Tensor) -> bool:
-    """Whether `t` is a DTensor (an FSDP2 parameter or gradient), whose local part is only a shard."""
-    return DTensor is not None and isinstance(t, DTensor)
-
-
-def shard_group(params: Sequence[torch.Tensor]) -> dist.ProcessGroup | None:
-    """The process group every parameter is sharded over, or None when no parameter is sharded.
-
-    Refuses (ValueError) layouts whose whole-tensor norms are not a plain sum over one group's shards: sharded and
-    unsharded tensors together (an unsharded tensor's gradient is not reduced across processes, so each process would
-    perturb it differently), several device meshes, or placements other than `Shard` on a 1-D mesh (HSDP's replicas,
-    tensor parallelism's partial sums). Projecting with the norms of pieces would be silently wrong.
-    """
-    sharded = [p for p in params if is_sharded(p)]
-    if not sharded:
-        return None
-    mesh = sharded[0].device_mesh
-    if len(sharded) != len(params):
-        raise ValueError(
-            "AMP found sharded (DTensor) and unsharded parameters to perturb together; under FSDP2 every perturbed "
-            "parameter must be sharded by fully_shard (put the unsharded ones in amp_exclude, or shard the root module)"
-        )
-    if mesh.ndim != 1 or any(p.device_mesh != mesh or not isinstance(p.placements[0], Shard) for p in sharded):
-        raise ValueError(
-            "AMP supports parameters sharded by FSDP2 over one 1-D device mesh (plain fully_shard); HSDP, tensor "
-            "parallelism and other multi-dimensional layouts are not supported. Use FSDP2 without them, or DDP."
-        )
-    return mesh.get_group()
-
-
-def local_shards(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """The local shard of each DTensor, as a view of its storage (writing it writes the parameter); others as is."""
-    with torch.no_grad():
-        return [t.to_local() if is_sharded(t) else t for t in tensors]
+# ------------------------------------------------------------------------------------ sharded parameters
+# Under FSDP2 and ZeRO-3 each process holds a part of each tensor (`sharding.py`). Everything elementwise (Δ ← Δ + ζ·g,
+# θ + Δ, the restore) works on the local parts as they are. A norm does not: ‖t‖² is the sum over the parts of
+# ‖part‖², so the squared local norms are summed over the process group the tensors are split over.
 
 
 def _norms(tensors: Sequence[torch.Tensor], group: dist.ProcessGroup | None = None) -> torch.Tensor:
@@ -211,20 +171,21 @@ def _set_weights_(
             torch._foreach_addcmul_(list(params), list(deltas), list(factors.unbind()))
 
 
-def _restore_(params: Sequence[torch.Tensor], saved: Sequence[torch.Tensor]) -> None:
+def _restore_(params: Sequence[torch.Tensor], saved: Sequence[torch.Tensor], parts: Layout) -> None:
     with torch.no_grad():
         torch._foreach_copy_(list(params), list(saved))
+    parts.written()
 
 
 def save_buffers(params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """Storage for θ, one tensor per parameter (its local shard under FSDP2), to pass as `perturbed_weights(saved=)`.
+    """Storage for θ, one tensor per parameter (its local part when sharded), to pass as `perturbed_weights(saved=)`.
 
     A caller that perturbs the same parameters every step keeps these and so writes θ into memory it already owns:
     a fresh copy each step costs ~3× a copy into existing memory on CPU (new pages are faulted in and zeroed first):
     18 ms against 6 ms per step on MiniLM-L6. The peak memory is the same; the buffers just live between steps too.
     """
     with torch.no_grad():
-        return [torch.empty_like(p) for p in local_shards(params)]
+        return [torch.empty_like(p) for p in layout(params).local]
 
 
 @contextmanager
@@ -241,8 +202,9 @@ def perturbed_weights(
     micro-batches stay untouched. If a loss or gradient is not finite, the weights stay at θ and `result.skipped` is
     set, so no NaN ever reaches them. `saved`, from `save_buffers(params)`, is where θ is kept (default: a fresh copy).
 
-    FSDP2: `params` may be sharded DTensors, all over one process group, and `gradient_fn` then returns the sharded
-    gradients (each process's shard of the gradient averaged over the processes). Δ lives in the local shards; the
+    FSDP2 and ZeRO-3: `params` may be sharded DTensors or ZeRO-3 parameters, all over one process group, and
+    `gradient_fn` then returns each process's part of the gradient averaged over the processes (a DTensor, or a
+    flat tensor the size of the parameter's valid partition). Δ lives in the local shards; the
     norms of the projection, of `relative`'s ‖θ_p‖ and of `result.delta_norm` are whole-tensor norms, and a
     non-finite ascent anywhere is skipped everywhere, so every process applies its shard of one and the same Δ.
     """
@@ -253,16 +215,16 @@ def perturbed_weights(
         return
 
     # The phases are named for torch.profiler (`amp.*`): that is how benchmarks/cost.py --profile splits a step.
-    group = shard_group(params)  # None unless the parameters are FSDP2 shards
-    params = local_shards(params)
-    result.group = group
+    parts = layout(params)  # the local parts (FSDP2 shards, ZeRO-3 partitions) and the group of the whole tensors
+    params, group = parts.local, parts.group
+    result.group, result.layout = group, parts
     with record_function("amp.save"), torch.no_grad():
         if saved is None:
             saved = [p.detach().clone() for p in params]  # θ, restored by copy: exact in any dtype
         else:
             saved = list(saved)
             torch._foreach_copy_(saved, params)
-        result.restore = functools.partial(_restore_, params, saved)
+        result.restore = functools.partial(_restore_, params, saved, parts)
         theta_norms = _norms(saved, group) if config.norm == "relative" else None
         scales = elementwise_scales(saved) if config.norm == "elementwise" else None
     try:
@@ -290,7 +252,7 @@ def perturbed_weights(
                 # One host sync per inner step: a non-finite loss or gradient (an fp16 overflow) aborts the ascent.
                 finite = bool(on_every_process(torch.isfinite(loss) & torch.isfinite(norms).all(), group))
             if not finite:
-                _restore_(params, saved)
+                _restore_(params, saved, parts)
                 result.skipped = True
                 result.delta_norm = torch.zeros((), device=norms.device)
                 break
@@ -300,9 +262,10 @@ def perturbed_weights(
                     _set_weights_(params, saved, deltas, at_theta=step == 0)
                 else:  # the last Δ is not kept: θ_saved + factors·Δ, its projection fused into the addition
                     _set_weights_(params, saved, deltas, at_theta=step == 0, factors=factors)
+                parts.written()
                 result.delta_norm = torch.linalg.vector_norm(norms)
         del deltas, scales  # not needed by the descent pass: free them before the caller's backward
         yield result
     finally:
         with record_function("amp.restore"):
-            _restore_(params, saved)
+            _restore_(params, saved, parts)

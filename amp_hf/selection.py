@@ -89,8 +89,13 @@ def report(model: torch.nn.Module, settings: AMPConfig | Any) -> SelectionReport
     }
     return SelectionReport(
         tensors=len(perturbed),
-        parameters=sum(p.numel() for p in perturbed),
+        parameters=sum(_numel(p) for p in perturbed),
         trainable_tensors=len(trainable_all),
-        trainable_parameters=sum(p.numel() for p in trainable_all),
+        trainable_parameters=sum(_numel(p) for p in trainable_all),
         unmatched=unmatched,
     )
+
+
+def _numel(p: torch.nn.Parameter) -> int:
+    """Elements of the whole tensor (a ZeRO-3 parameter's `.data` is empty while it is partitioned)."""
+    return int(getattr(p, "ds_numel", p.numel()))

@@ -49,8 +49,9 @@ except ImportError:  # pragma: no cover - depends on the torch build
 from . import deepspeed_engine, selection
 from .batch import head_of_batch
 from .config import AMPConfig
-from .perturbation import AscentResult, is_sharded, on_every_process, perturbed_weights, save_buffers
+from .perturbation import AscentResult, on_every_process, perturbed_weights, save_buffers
 from .running_stats import RunningStatsSnapshot
+from .sharding import is_partitioned, is_sharded, layout
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +159,7 @@ class AMPMixin:
 
     def _amp_saved_buffers(self, params: list[torch.Tensor]) -> list[torch.Tensor]:
         """Where θ is kept during each AMP step: allocated once, reused every step (see `save_buffers`)."""
-        key = [(id(p), p.shape, p.dtype, p.device) for p in params]
+        key = [(id(p), t.shape, t.dtype, t.device) for p, t in zip(params, layout(params).local)]
         if self._amp_saved is None or self._amp_saved[0] != key:
             self._amp_saved = None  # free the old buffers before allocating new ones
             self._amp_saved = (key, save_buffers(params))
@@ -319,6 +320,8 @@ class AMPMixin:
         wrt = [*params, count] if count is not None else params
         if _is_fsdp2(model):
             grads = _fsdp_gradient(model, scaled, wrt)
+        elif any(is_partitioned(p) for p in params):
+            grads = deepspeed_engine.zero3_gradient(deepspeed_engine.engine_of(self.model_wrapped), scaled, wrt)
         else:
             if any(is_sharded(p) for p in params):
                 raise ValueError(

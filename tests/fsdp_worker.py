@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from helpers import DictDataset, SequentialAMPTrainer, TinyClassifier, reference_amp, tiny_args
 
 from amp_hf import AMPConfig, close_process_group, perturbed_weights
-from amp_hf.perturbation import shard_group
+from amp_hf.sharding import shard_group
 
 STEPS, BATCH = 3, 4
 
