@@ -94,6 +94,10 @@ def deferred_step(engine: DeepSpeedEngine | None) -> Iterator[None]:
         engine.step(*args, **kwargs)
 
 
+ZERO3_BUCKET_ELEMENTS = 1 << 24
+"""Gradient elements averaged per all-reduce under ZeRO-3 (a float32 bucket of 64 MiB)."""
+
+
 def zero3_gradient(
     engine: DeepSpeedEngine, loss: torch.Tensor, wrt: Sequence[torch.Tensor]
 ) -> list[torch.Tensor | None]:
@@ -104,8 +108,9 @@ def zero3_gradient(
     accumulation into `.grad`, which does not happen, so its partitioned gradient buffers and counters never see the
     ascent. The forward and backward still gather the parameters through the engine's module hooks; the submodules
     whose post-backward hook never fires (those fed inputs without gradient) are released as the engine's own
-    backward does at its end. The average is taken in float32, one all-reduce for all tensors, and only the
-    partitions are kept: one full-size gradient exists only while this runs, as in the engine's own backward.
+    backward does at its end. Memory: `autograd.grad` returns the whole gradients together, so the ascent peaks at
+    one full-size gradient per process (in the parameters' dtype); they are averaged in float32 buckets and each is
+    freed as soon as its partition is cut out.
     """
     grads = list(torch.autograd.grad(loss, list(wrt), allow_unused=True))
     engine.optimizer.parameter_offload.release_backward_leftovers()
@@ -113,15 +118,27 @@ def zero3_gradient(
     if not where:
         return grads
     group = wrt[where[0]].ds_process_group
-    full = [grads[i].reshape(-1).float() if grads[i] is not None else torch.zeros(int(wrt[i].ds_numel)) for i in where]
-    flat = torch.cat([g.to(full[0].device) for g in full])
-    del full
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
-    flat /= dist.get_world_size(group=group)
-    offset = 0
-    for i in where:
-        p = wrt[i]
-        start, length = zero3_valid_range(p)
-        grads[i] = flat[offset + start : offset + start + length].to(p.ds_tensor.dtype, copy=True)
-        offset += int(p.ds_numel)
+    processes = dist.get_world_size(group=group)
+    device = next((grads[i].device for i in where if grads[i] is not None), wrt[where[0]].ds_tensor.device)
+    while where:
+        bucket, size = [], 0
+        while where and (not bucket or size + int(wrt[where[0]].ds_numel) <= ZERO3_BUCKET_ELEMENTS):
+            bucket.append(where.pop(0))
+            size += int(wrt[bucket[-1]].ds_numel)
+        flat = torch.zeros(size, dtype=torch.float32, device=device)
+        offset = 0
+        for i in bucket:
+            n = int(wrt[i].ds_numel)
+            if grads[i] is not None:
+                flat[offset : offset + n].copy_(grads[i].reshape(-1))
+            grads[i] = None  # the whole gradient is not needed any more
+            offset += n
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
+        flat /= processes
+        offset = 0
+        for i in bucket:
+            p = wrt[i]
+            start, length = zero3_valid_range(p)
+            grads[i] = flat[offset + start : offset + start + length].to(p.ds_tensor.dtype, copy=True)
+            offset += int(p.ds_numel)
     return grads

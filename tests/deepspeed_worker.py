@@ -11,7 +11,8 @@ launch costs ~10 s of imports):
      micro-batches (`reference_amp`, plain PyTorch), as closely as the plain Trainer under ZeRO-3 equals the ERM
      reference: with small parameters kept gathered (the engine's persistent parameters: their gathered copies must
      be refreshed after AMP writes a partition) and with every parameter released after use, GA 2, the tensor ball
-     and the global ball with K = 2; the engine's counters equal the plain Trainer's;
+     and the global ball with K = 2, the ascent on half of each micro-batch and the gradient averaged in several
+     all-reduce buckets; the engine's counters equal the plain Trainer's;
   3. a bf16 engine (ZeRO-2 and ZeRO-3) trains with a non-zero Δ and logs the plain Trainer's first loss;
   4. with the shipped examples/accelerate/deepspeed_zero2.json and deepspeed_zero3.json, a checkpoint saved at step 2
      and resumed gives the uninterrupted run's weights;
@@ -42,7 +43,7 @@ from helpers import (
     tiny_bert,
 )
 
-from amp_hf import close_process_group
+from amp_hf import close_process_group, deepspeed_engine
 
 STEPS = 3
 
@@ -101,6 +102,13 @@ def assert_ranks_identical(trainer) -> None:
         assert all(torch.equal(gathered[0], g) for g in gathered[1:]), f"{name} differs across ranks"
 
 
+def heads_of_each_rank(batch: int):
+    """The rows of the global micro-batch that the ranks' ascents see with amp_ascent_fraction = 0.5: each rank's
+    first half (rank r's micro-batch is rows r·batch to (r + 1)·batch)."""
+    rows = [*range(batch // 2), *range(batch, batch + batch // 2)]
+    return lambda global_batch: {k: v[rows] for k, v in global_batch.items()}
+
+
 def check_zero3(out: str, rank: int) -> None:
     """ZeRO-3 against one process on the global micro-batches (see the module docstring, point 2)."""
     batch = 4
@@ -115,11 +123,16 @@ def check_zero3(out: str, rank: int) -> None:
         trainer.train()
         return trainer
 
-    for norm, epsilon, inner_steps, zero in (
-        ("tensor", 0.5, 1, {}),  # the default persistence threshold keeps every (small) parameter gathered
-        ("global", 0.7, 2, {"stage3_param_persistence_threshold": 0}),  # every parameter released after use
+    for norm, epsilon, inner_steps, fraction, zero in (
+        ("tensor", 0.5, 1, 1.0, {}),  # the default persistence threshold keeps every (small) parameter gathered
+        ("global", 0.7, 2, 0.5, {"stage3_param_persistence_threshold": 0}),  # every parameter released after use
     ):
-        settings = dict(gradient_accumulation_steps=2, amp_norm=norm, amp_inner_steps=inner_steps, zero=zero)
+        # small all-reduce buckets in the second case: the gradient is averaged in several of them
+        deepspeed_engine.ZERO3_BUCKET_ELEMENTS = 30 if zero else 1 << 24
+        settings = dict(
+            gradient_accumulation_steps=2, amp_norm=norm, amp_inner_steps=inner_steps, amp_ascent_fraction=fraction,
+            zero=zero,
+        )  # fmt: skip
         erm = zero3(SequentialTrainer, 0.0, **settings)
         amp = zero3(SequentialAMPTrainer, epsilon, **settings)
         engine = amp.model_wrapped
@@ -130,7 +143,8 @@ def check_zero3(out: str, rank: int) -> None:
         assert (engine.global_steps, engine.micro_steps) == counters, ((engine.global_steps, engine.micro_steps),
                                                                        counters)  # fmt: skip
         reference = dict(steps=STEPS, batch_size=2 * batch, grad_accum=2, inner_steps=inner_steps, norm=norm)
-        expected = reference_amp(TinyClassifier(), DictDataset(n=64), epsilon=epsilon, **reference)
+        head = heads_of_each_rank(batch) if fraction < 1 else None
+        expected = reference_amp(TinyClassifier(), DictDataset(n=64), epsilon=epsilon, ascent_head=head, **reference)
         expected_erm = reference_amp(TinyClassifier(), DictDataset(n=64), epsilon=0.0, **reference)
         expected, expected_erm = (dict(m.named_parameters()) for m in (expected, expected_erm))
         erm_gap = distance(weights(erm), expected_erm)
@@ -139,7 +153,7 @@ def check_zero3(out: str, rank: int) -> None:
         assert distance(expected, expected_erm) > 1e-2, "AMP did not move the weights: the comparison is vacuous"
         assert all(h["amp_delta_norm"] > 0 and h["amp_skipped"] == 0 for h in amp.state.log_history if "loss" in h)
         print(
-            f"rank {rank}: ZeRO-3 {norm} K={inner_steps} GA=2, {persistent} persistent parameters "
+            f"rank {rank}: ZeRO-3 {norm} K={inner_steps} GA=2 f={fraction}, {persistent} persistent parameters "
             f"== one process on the global micro-batches ({gap:.1e}; ERM {erm_gap:.1e})",
             flush=True,
         )
