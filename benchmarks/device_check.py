@@ -3,8 +3,8 @@
 1. fp16 through accelerate's own GradScaler: AMP trains a tiny BERT with finite losses, logs its keys, and gives the
    same first-step Δ norm as an fp32 run (the ascent is unscaled); the scaler's state is reported.
 2. bf16 autocast: the same, with bf16.
-3. DeepSpeed ZeRO-2 with an fp16 engine (DeepSpeed refuses fp16 on CPU): AMP trains with finite losses and the
-   same first-step Δ norm as an fp32 engine (the ascent divides out the engine's loss scale).
+3. DeepSpeed ZeRO-2 and ZeRO-3 with an fp16 engine (DeepSpeed refuses fp16 on CPU): AMP trains with finite losses
+   and the same first-step Δ norm as an fp32 engine (the ascent divides out the engine's loss scale).
 4. Cost on the device: step time AMP K=1 vs ERM (interleaved, medians of round ratios) and extra peak memory
    (`torch.cuda.max_memory_allocated`) in units of parameter bytes, on a BERT-base-sized model built from a config.
 
@@ -101,24 +101,26 @@ def deepspeed_fp16_check() -> None:
     for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}.items():
         os.environ.setdefault(key, value)
     os.environ.setdefault("MASTER_PORT", "29531")
-    zero2 = {"train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
-             "train_batch_size": "auto", "gradient_clipping": "auto", "zero_optimization": {"stage": 2},
-             "fp16": {"enabled": "auto"}, "bf16": {"enabled": "auto"}}  # fmt: skip
-    runs = {
-        name: train({"deepspeed": zero2, **precision}) for name, precision in (("fp32", {}), ("fp16", {"fp16": True}))
-    }
-    logs = {name: [e for e in t.state.log_history if "amp_loss" in e] for name, t in runs.items()}
-    engine = runs["fp16"].model_wrapped
-    delta, reference = logs["fp16"][0]["amp_delta_norm"], logs["fp32"][0]["amp_delta_norm"]
-    ok = (
-        type(engine).__name__ == "DeepSpeedEngine"
-        and engine.fp16_enabled()
-        and len(logs["fp16"]) == 4
-        and all(torch.isfinite(torch.tensor([e["loss"], e["amp_loss"]])).all() for e in logs["fp16"])
-        and abs(delta - reference) <= 0.05 * reference
-    )
-    report("deepspeed_fp16", ok, first_delta_norm=delta, fp32_first_delta_norm=reference,
-           skipped=[e["amp_skipped"] for e in logs["fp16"]], scale=float(engine.optimizer.cur_scale))  # fmt: skip
+    for stage in (2, 3):
+        zero = {"train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
+                "train_batch_size": "auto", "gradient_clipping": "auto", "zero_optimization": {"stage": stage},
+                "fp16": {"enabled": "auto"}, "bf16": {"enabled": "auto"}}  # fmt: skip
+        runs = {
+            name: train({"deepspeed": zero, **precision})
+            for name, precision in (("fp32", {}), ("fp16", {"fp16": True}))
+        }
+        logs = {name: [e for e in t.state.log_history if "amp_loss" in e] for name, t in runs.items()}
+        engine = runs["fp16"].model_wrapped
+        delta, reference = logs["fp16"][0]["amp_delta_norm"], logs["fp32"][0]["amp_delta_norm"]
+        ok = (
+            type(engine).__name__ == "DeepSpeedEngine"
+            and engine.fp16_enabled()
+            and len(logs["fp16"]) == 4
+            and all(torch.isfinite(torch.tensor([e["loss"], e["amp_loss"]])).all() for e in logs["fp16"])
+            and abs(delta - reference) <= 0.05 * reference
+        )
+        report(f"deepspeed_zero{stage}_fp16", ok, first_delta_norm=delta, fp32_first_delta_norm=reference,
+               skipped=[e["amp_skipped"] for e in logs["fp16"]], scale=float(engine.optimizer.cur_scale))  # fmt: skip
 
 
 def cost_check(rounds: int = 10) -> None:
