@@ -8,11 +8,12 @@ launch costs ~10 s of imports):
      no engine backward), and every rank ends bit-identical;
   2. ZeRO-3: every process applies its partition of one Δ computed from the gradient averaged over the processes (as
      under FSDP2), so the weights after 3 steps equal one process running AMP on the concatenated global
-     micro-batches (`reference_amp`, plain PyTorch), as closely as the plain Trainer under ZeRO-3 equals the ERM
-     reference: with small parameters kept gathered (the engine's persistent parameters: their gathered copies must
-     be refreshed after AMP writes a partition) and with every parameter released after use, GA 2, the tensor ball
-     and the global ball with K = 2, the ascent on half of each micro-batch and the gradient averaged in several
-     all-reduce buckets; the engine's counters equal the plain Trainer's;
+     micro-batches (`reference_amp`, plain PyTorch, the same AdamW or SGD), as closely as the plain Trainer under
+     ZeRO-3 equals the ERM reference: DeepSpeed's AdamW with small parameters kept gathered (the engine's
+     persistent parameters: their gathered copies must be refreshed after AMP writes a partition) and the tensor
+     ball; the Trainer's SGD with every parameter released after use, the global ball with K = 2, the ascent on
+     half of each micro-batch and the gradient averaged in several all-reduce buckets; GA 2 for both; the engine's
+     counters equal the plain Trainer's;
   3. a bf16 engine (ZeRO-2 and ZeRO-3) trains with a non-zero Δ and logs the plain Trainer's first loss;
   4. with the shipped examples/accelerate/deepspeed_zero2.json and deepspeed_zero3.json, a checkpoint saved at step 2
      and resumed gives the uninterrupted run's weights;
@@ -113,19 +114,22 @@ def check_zero3(out: str, rank: int) -> None:
     """ZeRO-3 against one process on the global micro-batches (see the module docstring, point 2)."""
     batch = 4
 
-    def zero3(cls, epsilon: float, **settings):
+    def zero3(cls, epsilon: float, adamw: bool, **settings):
         zero = settings.pop("zero", {})
         args = tiny_args(
             out, max_steps=STEPS, per_device_train_batch_size=batch, ddp_backend="gloo", amp_epsilon=epsilon,
-            deepspeed=ds_config(3, client_optimizer=True, **zero), **settings,
+            deepspeed=ds_config(3, client_optimizer=not adamw, **zero), learning_rate=0.01 if adamw else 0.1,
+            **settings,
         )  # fmt: skip
         trainer = cls(model=TinyClassifier(), args=args, train_dataset=DictDataset(n=64))
         trainer.train()
         return trainer
 
-    for norm, epsilon, inner_steps, fraction, zero in (
-        ("tensor", 0.5, 1, 1.0, {}),  # the default persistence threshold keeps every (small) parameter gathered
-        ("global", 0.7, 2, 0.5, {"stage3_param_persistence_threshold": 0}),  # every parameter released after use
+    for norm, epsilon, inner_steps, fraction, adamw, zero in (
+        # DeepSpeed's AdamW; the default persistence threshold keeps every (small) parameter gathered
+        ("tensor", 0.5, 1, 1.0, True, {}),
+        # the Trainer's SGD as a client optimizer; every parameter released after use
+        ("global", 0.7, 2, 0.5, False, {"stage3_param_persistence_threshold": 0}),
     ):
         # small all-reduce buckets in the second case: the gradient is averaged in several of them
         deepspeed_engine.ZERO3_BUCKET_ELEMENTS = 30 if zero else 1 << 24
@@ -133,8 +137,8 @@ def check_zero3(out: str, rank: int) -> None:
             gradient_accumulation_steps=2, amp_norm=norm, amp_inner_steps=inner_steps, amp_ascent_fraction=fraction,
             zero=zero,
         )  # fmt: skip
-        erm = zero3(SequentialTrainer, 0.0, **settings)
-        amp = zero3(SequentialAMPTrainer, epsilon, **settings)
+        erm = zero3(SequentialTrainer, 0.0, adamw, **settings)
+        amp = zero3(SequentialAMPTrainer, epsilon, adamw, **settings)
         engine = amp.model_wrapped
         assert all(hasattr(p, "ds_tensor") for p in amp.model.parameters()), "ZeRO-3 did not partition the model"
         persistent = len(engine.optimizer.persistent_parameters)
@@ -142,7 +146,8 @@ def check_zero3(out: str, rank: int) -> None:
         counters = (erm.model_wrapped.global_steps, erm.model_wrapped.micro_steps)
         assert (engine.global_steps, engine.micro_steps) == counters, ((engine.global_steps, engine.micro_steps),
                                                                        counters)  # fmt: skip
-        reference = dict(steps=STEPS, batch_size=2 * batch, grad_accum=2, inner_steps=inner_steps, norm=norm)
+        reference = dict(steps=STEPS, batch_size=2 * batch, grad_accum=2, inner_steps=inner_steps, norm=norm,
+                         adamw=adamw, lr=0.01 if adamw else 0.1)  # fmt: skip
         head = heads_of_each_rank(batch) if fraction < 1 else None
         expected = reference_amp(TinyClassifier(), DictDataset(n=64), epsilon=epsilon, ascent_head=head, **reference)
         expected_erm = reference_amp(TinyClassifier(), DictDataset(n=64), epsilon=0.0, **reference)
@@ -153,7 +158,8 @@ def check_zero3(out: str, rank: int) -> None:
         assert distance(expected, expected_erm) > 1e-2, "AMP did not move the weights: the comparison is vacuous"
         assert all(h["amp_delta_norm"] > 0 and h["amp_skipped"] == 0 for h in amp.state.log_history if "loss" in h)
         print(
-            f"rank {rank}: ZeRO-3 {norm} K={inner_steps} GA=2 f={fraction}, {persistent} persistent parameters "
+            f"rank {rank}: ZeRO-3 {'AdamW' if adamw else 'SGD'} {norm} K={inner_steps} GA=2 f={fraction}, "
+            f"{persistent} persistent parameters "
             f"== one process on the global micro-batches ({gap:.1e}; ERM {erm_gap:.1e})",
             flush=True,
         )

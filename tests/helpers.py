@@ -165,11 +165,13 @@ def reference_amp(
     perturb: Callable[[str], bool] = lambda name: True,
     ascent_fraction: float = 1.0,
     ascent_head: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
+    adamw: bool = False,
 ) -> nn.Module:
-    """amp-spec.md written out with plain loops: no amp_hf code, no Trainer."""
+    """amp-spec.md written out with plain loops: no amp_hf code, no Trainer. SGD, or AdamW (no weight decay)."""
     model = copy.deepcopy(model)
     model.train()
-    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    optimizer = torch.optim.AdamW if adamw else torch.optim.SGD
+    opt = optimizer(model.parameters(), lr=lr, **({"weight_decay": 0.0} if adamw else {}))
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad and perturb(n)]
     params = [p for _, p in named]
 
