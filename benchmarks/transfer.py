@@ -352,6 +352,11 @@ TASKS: dict[str, Task] = {
         "speeches 200", "text", "held-out", "speeches", 200, 1000, 3 * TEXT_EPOCHS, test_size=2000
     ),
     "cnn_fmnist_noisy": Task("Fashion-MNIST 5k, 20% noise", "cnn", "control", "fmnist", 5000, 2000, CNN_EPOCHS, True),
+    # The long-training regime of the cheap-AMP frontier (benchmarks/frontier.py): ERM memorises the noise.
+    "cnn_mnist_noisy_long": Task("MNIST 2k, 20% noise, long", "cnn", "frontier", "mnist", 2000, 1000, 60, True),
+    "cnn_fmnist_noisy_long": Task(
+        "Fashion-MNIST 5k, 20% noise, long", "cnn", "frontier", "fmnist", 5000, 2000, 40, True
+    ),
 }
 QUICK_SIZES = {"train": 192, "val": 96, "test": 192, "text_train": 64, "text_eval": 32}
 

@@ -1,0 +1,242 @@
+"""Cheap AMP where full AMP's gain is large: the cost/accuracy frontier in the long-training, noisy-label regime.
+
+PROTOCOL (fixed before the evaluation runs; the budgets were fixed by one pilot on tuning seed 1000, which checked
+only that ERM memorises its noisy training labels at the end: final training loss 0.001 and 0.004)
+- Model and optimizer: the CNN family of transfer.py (the example's BatchNorm ResNet from scratch, SGD momentum 0.9,
+  lr 0.05, wd 5e-4, batch 128, cosine), AMP with the reference defaults (ε = 0.5 per tensor, ζ = 1, K = 1), untuned.
+  Runs, data, label noise (20% of the training and validation labels, test labels clean) and the run cache are
+  transfer.py's (`run_one`); ERM and AMP share seeds 0, 1, 2.
+- SELECTION task, cnn_mnist_noisy_long: MNIST-5k's 2k training images, 1k validation, 2k test; 60 epochs. Every cheap
+  setting runs: ascent fraction f = 0.5, 0.25, 0.125; AMP every 2nd and every 4th step; AMP from 50% of the steps;
+  and the combinations f = 0.5 and 0.25 every 2nd step and f = 0.25 from 50%.
+- Headline: test error of the FINAL weights (a fixed schedule, no early stopping: the paper's protocol and the
+  regime where ERM memorises); the best-validation checkpoint's test error is reported beside it. Share of full
+  AMP's cut = (ERM − setting) / (ERM − full AMP), from the seed means. Time = training CPU seconds relative to ERM's
+  (one thread per run; two runs share the machine, so wall time moves with whatever runs beside it), beside the
+  passes model 1 + f·(1 − start)/interval and the wall-time ratio.
+- Choice, on VALIDATION errors of the final weights (noisy validation labels, as a user has): among the cheap settings
+  whose measured time is <= 1.3x ERM's, those keeping >= 80% of full AMP's validation cut; of those the lowest
+  validation error. If none qualifies: none is recommended (the report says which came closest).
+- TRANSFER check, cnn_fmnist_noisy_long: Fashion-MNIST 5k / 2k / 10k test, 40 epochs. ERM, full AMP and the chosen
+  setting unchanged, seeds 0, 1, 2. The goal (>= 80% of full AMP's test-error cut at <= 1.3x ERM's time, 3 seeds)
+  is judged on this task, which the choice never looked at.
+
+    python benchmarks/frontier.py          # 42 runs, about 1 hour 40 min on 2 CPU cores (two runs at a time)
+    python benchmarks/frontier.py --cached-only   # the report from cached runs
+
+Writes benchmarks/results/frontier_long.json, frontier_long.md and frontier_long.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from transfer import (
+    DEFAULTS,
+    ERM,
+    OUTPUTS,
+    RESULTS,
+    TASKS,
+    Method,
+    Scheduler,
+    Spec,
+    amp,
+    passes_per_step,
+    summarise_task,
+)
+
+SELECT, CHECK = "cnn_mnist_noisy_long", "cnn_fmnist_noisy_long"
+SEEDS = (0, 1, 2)
+TIME_GOAL, SHARE_GOAL = 1.3, 0.8
+REFERENCE = {"norm": "tensor", "inner_lr": 1.0, "epsilon": 0.5}
+CHEAP: tuple[Method, ...] = (
+    amp("f=0.5", ascent_fraction=0.5, **REFERENCE),
+    amp("f=0.25", ascent_fraction=0.25, **REFERENCE),
+    amp("f=0.125", ascent_fraction=0.125, **REFERENCE),
+    amp("every 2", interval=2, **REFERENCE),
+    amp("every 4", interval=4, **REFERENCE),
+    amp("from 50%", start=0.5, **REFERENCE),
+    amp("f=0.5 every 2", ascent_fraction=0.5, interval=2, **REFERENCE),
+    amp("f=0.25 every 2", ascent_fraction=0.25, interval=2, **REFERENCE),
+    amp("f=0.25 from 50%", start=0.5, ascent_fraction=0.25, **REFERENCE),
+)
+FULL = DEFAULTS  # full AMP: the reference defaults on every step
+
+
+def frontier(done: dict[Spec, dict], task: str, methods: tuple[Method, ...]) -> dict[str, Any]:
+    """Every method against ERM on `task`: final and best-validation test errors, shares of full AMP's cuts, times."""
+    summary = summarise_task(task, done, [m.name for m in (FULL, *methods)], SEEDS)
+    rows = summary["methods"]
+    erm, full = rows.get("ERM"), rows.get(FULL.name)
+    if not erm or not full:
+        return summary
+    for method in (FULL, *methods):
+        m = rows.get(method.name)
+        if m is None:
+            continue
+        by_seed = {s.seed: r for s, r in done.items() if s.task == task and r["method"] == method.name}
+        erm_seed = {s.seed: r for s, r in done.items() if s.task == task and r["method"] == "ERM"}
+        m["final_val_error_mean"] = statistics.mean(r["final_val_error"] for r in by_seed.values())
+        m["wall_time_vs_erm"] = m.pop("time_vs_erm")
+        m["passes_vs_erm"] = passes_per_step(method.kwargs, method.start)
+        m["final_train_loss_by_seed"] = [round(by_seed[s]["final_train_loss"], 4) for s in sorted(by_seed)]
+        for key, value in (("final_test_error_mean", "share_of_full_cut"), ("test_error_mean", "share_of_full_cut_bv")):
+            cut = erm[key] - full[key]
+            m[value] = (erm[key] - m[key]) / cut if cut > 0 else None
+        erm_val = statistics.mean(r["final_val_error"] for r in erm_seed.values())
+        val_cut = erm_val - full["final_val_error_mean"] if "final_val_error_mean" in full else None
+        m["share_of_full_val_cut"] = (
+            (erm_val - m["final_val_error_mean"]) / val_cut if val_cut and val_cut > 0 else None
+        )
+        m["meets_goal"] = bool(
+            m["share_of_full_cut"] is not None
+            and m["share_of_full_cut"] >= SHARE_GOAL
+            and m["cpu_time_vs_erm"] <= TIME_GOAL
+        )
+    erm["final_val_error_mean"] = statistics.mean(
+        r["final_val_error"] for s, r in done.items() if s.task == task and r["method"] == "ERM"
+    )
+    summary["full_amp_relative_cut_final"] = (erm["final_test_error_mean"] - full["final_test_error_mean"]) / erm[
+        "final_test_error_mean"
+    ]
+    summary["full_amp_relative_cut_best_val"] = (erm["test_error_mean"] - full["test_error_mean"]) / erm[
+        "test_error_mean"
+    ]
+    return summary
+
+
+def choose(summary: dict[str, Any]) -> dict[str, Any]:
+    """The choice rule of the protocol, on validation errors of the selection task."""
+    rows = summary["methods"]
+    cheap = {m.name: rows[m.name] for m in CHEAP if m.name in rows}
+    fast = {n: r for n, r in cheap.items() if r["cpu_time_vs_erm"] <= TIME_GOAL}
+    keeps = {n: r for n, r in fast.items() if (r["share_of_full_val_cut"] or 0) >= SHARE_GOAL}
+    if keeps:
+        chosen = min(keeps, key=lambda n: keeps[n]["final_val_error_mean"])
+        return {"chosen": chosen, "qualifying": sorted(keeps), "fast_enough": sorted(fast)}
+    closest = max(fast, key=lambda n: fast[n]["share_of_full_val_cut"] or -1e9) if fast else None
+    return {"chosen": None, "closest": closest, "qualifying": [], "fast_enough": sorted(fast)}
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = []
+    for key in ("selection", "transfer_check"):
+        part = report.get(key)
+        if not part or not part.get("methods"):
+            continue
+        title = TASKS[part["task"]].title
+        lines += [
+            f"### {key.replace('_', ' ')}: {part['task']} ({title}, {TASKS[part['task']].epochs:g} epochs)",
+            "",
+            "| method | test error, final weights | paired Δ vs ERM (final) | seeds won | share of full cut "
+            "| best-val test error | share (best-val) | val error (final) | CPU time vs ERM | wall vs ERM "
+            "| passes model | train loss (final) | meets goal |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for name, m in part["methods"].items():
+            pf = m.get("paired_final")
+            share = lambda x: "" if x is None else f"{100 * x:.0f}%"  # noqa: E731
+            delta = f"{100 * pf['mean']:+.2f} ± {100 * pf['std']:.2f}" if pf else ""
+            wins = f"{pf['wins']}/{len(pf['seeds'])}" if pf else ""
+            lines.append(
+                f"| {name} | {100 * m['final_test_error_mean']:.2f} ± {100 * m['final_test_error_std']:.2f} "
+                f"| {delta} | {wins} | {share(m.get('share_of_full_cut'))} "
+                f"| {100 * m['test_error_mean']:.2f} ± {100 * m['test_error_std']:.2f} "
+                f"| {share(m.get('share_of_full_cut_bv'))} | {100 * m['final_val_error_mean']:.2f} "
+                f"| {m.get('cpu_time_vs_erm', 1.0):.2f} | {m.get('wall_time_vs_erm', 1.0):.2f} "
+                f"| {m.get('passes_vs_erm', 1.0):.3f} | {m['final_train_loss_mean']:.3f} "
+                f"| {'yes' if m.get('meets_goal') else ''} |"
+            )
+        lines.append("")
+        if "full_amp_relative_cut_final" in part:
+            lines += [
+                f"Full AMP's cut: {100 * part['full_amp_relative_cut_final']:.1f}% fewer test errors than ERM with "
+                f"the final weights, {100 * part['full_amp_relative_cut_best_val']:.1f}% with best-validation "
+                "checkpoints.",
+                "",
+            ]
+    choice = report.get("choice")
+    if choice:
+        lines.append(f"Choice on the selection task's validation errors: {json.dumps(choice)}")
+    return "\n".join(lines)
+
+
+def plot(report: dict[str, Any], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    parts = [p for p in (report.get("selection"), report.get("transfer_check")) if p and p.get("methods")]
+    if not parts:
+        return
+    fig, axes = plt.subplots(1, len(parts), figsize=(6.5 * len(parts), 4.6), squeeze=False)
+    for ax, part in zip(axes[0], parts):
+        for name, m in part["methods"].items():
+            x, y, e = m.get("cpu_time_vs_erm", 1.0), 100 * m["final_test_error_mean"], 100 * m["final_test_error_std"]
+            ax.errorbar(x, y, yerr=e, fmt="s" if name == "ERM" else "D" if name == FULL.name else "o", capsize=3)
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.axvline(TIME_GOAL, color="grey", linestyle=":", linewidth=1)
+        ax.set_xlabel("training CPU time / ERM's")
+        ax.set_ylabel("test error %, final weights (mean ± std, 3 seeds)")
+        ax.set_title(f"{part['task']}: {TASKS[part['task']].title}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out / "frontier_long.png", dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cached-only", action="store_true", help="write the report from cached runs, train none")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--cache", type=Path, default=OUTPUTS / "runs.jsonl")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    cli = parser.parse_args()
+    started = time.perf_counter()
+    scheduler = Scheduler(cli.workers, cli.cache)
+    scheduler.cached_only = cli.cached_only
+    scheduler.add([Spec(SELECT, m, s) for m in (ERM, FULL, *CHEAP) for s in SEEDS], 2)
+    scheduler.add([Spec(CHECK, m, s) for m in (ERM, FULL) for s in SEEDS], 1)
+    state: dict[str, Any] = {}
+
+    def on_progress() -> None:
+        if "choice" in state:
+            return
+        if any(Spec(SELECT, m, s) not in scheduler.done for m in (ERM, FULL, *CHEAP) for s in SEEDS):
+            return
+        state["choice"] = choose(frontier(scheduler.done, SELECT, CHEAP))
+        print(f"choice: {state['choice']}", flush=True)
+        chosen = next((m for m in CHEAP if m.name == state["choice"]["chosen"]), None)
+        if chosen is not None:
+            scheduler.add([Spec(CHECK, chosen, s) for s in SEEDS], 3)
+
+    scheduler.run(on_progress)
+    report: dict[str, Any] = {
+        "command": "python benchmarks/frontier.py " + " ".join(sys.argv[1:]),
+        "protocol": __doc__.split("PROTOCOL", 1)[1].split("\n\n", 1)[0].strip(),
+        "selection": {"task": SELECT, **frontier(scheduler.done, SELECT, CHEAP)},
+        "choice": state.get("choice"),
+    }
+    chosen = tuple(m for m in CHEAP if state.get("choice") and m.name == state["choice"]["chosen"])
+    report["transfer_check"] = {"task": CHECK, **frontier(scheduler.done, CHECK, chosen)}
+    report["methods"] = {m.name: {**m.kwargs, "start_fraction": m.start} for m in (FULL, *CHEAP)}
+    report["runs_not_run"] = sorted(f"{s.task} seed {s.seed} {s.method.name}" for s in scheduler.missing)
+    report["wall_seconds"] = round(time.perf_counter() - started)
+    cli.out.mkdir(parents=True, exist_ok=True)
+    (cli.out / "frontier_long.json").write_text(json.dumps(report, indent=1, default=str, ensure_ascii=False) + "\n")
+    text = markdown(report)
+    (cli.out / "frontier_long.md").write_text(text + "\n")
+    plot(report, cli.out)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
