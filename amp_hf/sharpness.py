@@ -22,13 +22,21 @@ from transformers import TrainerCallback
 
 from .config import AMPConfig
 from .perturbation import perturbed_weights
+from .sharding import is_partitioned, is_sharded
 
 Batches = Iterable[Mapping[str, Any]]
 
 
 # --------------------------------------------------------------------------------------------------- helpers
 def _params(model: torch.nn.Module) -> list[torch.nn.Parameter]:
-    return [p for p in model.parameters() if p.requires_grad]
+    params = [p for p in model.parameters() if p.requires_grad]
+    if any(is_sharded(p) or is_partitioned(p) for p in params):
+        raise ValueError(
+            "the sharpness tools measure a model whose parameters are whole on this process; this one is sharded "
+            "(FSDP2 or DeepSpeed ZeRO-3). Measure an unsharded copy: the state dict the Trainer saves, loaded into "
+            "the model class."
+        )
+    return params
 
 
 def _loss(model: torch.nn.Module, batch: Mapping[str, Any]) -> torch.Tensor:

@@ -184,3 +184,19 @@ def test_callback_with_its_trainer_logs_through_every_backend(tmp_path):
     trainer.add_callback(SharpnessCallback(hessian_iters=3, trainer=trainer))
     trainer.train()
     assert any("eval_sharpness_hessian" in logs and "eval_sharpness_amp" in logs for logs in reported)
+
+
+@pytest.mark.parametrize(
+    "measure",
+    [
+        hessian_top_eigenvalue,
+        lambda m, b: worst_case_loss_increase(m, b, epsilon=0.5),
+        lambda m, b: loss_along_direction(m, b, alphas=[0.5]),
+    ],
+    ids=["hessian", "amp", "landscape"],
+)
+def test_sharded_models_are_refused_with_a_clear_error(measure):
+    model = TinyClassifier()
+    model.fc1.weight.ds_tensor, model.fc1.weight.ds_status = torch.zeros(1), "NOT_AVAILABLE"  # as ZeRO-3 marks it
+    with pytest.raises(ValueError, match=r"sharded \(FSDP2 or DeepSpeed ZeRO-3\).*unsharded copy"):
+        measure(model, classifier_batches())
