@@ -20,6 +20,9 @@ only that ERM memorises its noisy training labels at the end: final training los
 - TRANSFER check, cnn_fmnist_noisy_long: Fashion-MNIST 5k / 2k / 10k test, 40 epochs. ERM, full AMP and the chosen
   setting unchanged, seeds 0, 1, 2. The goal (>= 80% of full AMP's test-error cut at <= 1.3x ERM's time, 3 seeds)
   is judged on this task, which the choice never looked at.
+- Regime preset (recommended.json "cnn_long_noisy", `--amp_preset cnn_long_noisy` in the examples): the chosen
+  setting if its final-weights VALIDATION error beats ERM's on every seed of both CNN tasks, else ERM. The family's
+  default ("cnn", from transfer.py's 15-epoch control) is left as it is: at short budgets AMP under-fits.
 - TRANSFORMER task: the transfer study's best transformer result, text_speeches_noisy (MiniLM-L6, 800 sentences, 20%
   noise, 4 epochs; its candidate sam_global ε = 0.05 beat ERM on 3 of 3 seeds there), with the chosen setting's
   fraction, interval and start applied to that candidate; ERM and the full candidate are the study's cached runs.
@@ -28,7 +31,7 @@ only that ERM memorises its noisy training labels at the end: final training los
     python benchmarks/frontier.py          # 42 runs, about 1 hour 40 min on 2 CPU cores (two runs at a time)
     python benchmarks/frontier.py --cached-only   # the report from cached runs
 
-Writes benchmarks/results/frontier_long.json, frontier_long.md and frontier_long.png.
+Writes benchmarks/results/frontier_long.json, frontier_long.md, frontier_long.png, and its entry of recommended.json.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ from transfer import (
     amp,
     passes_per_step,
     summarise_task,
+    write_recommendations,
 )
 
 SELECT, CHECK = "cnn_mnist_noisy_long", "cnn_fmnist_noisy_long"
@@ -140,6 +144,38 @@ def choose(summary: dict[str, Any]) -> dict[str, Any]:
     return {"chosen": None, "closest": closest, "qualifying": [], "fast_enough": sorted(fast)}
 
 
+PRESET = "cnn_long_noisy"
+
+
+def regime_preset(done: dict[Spec, dict], chosen: Method | None) -> dict[str, Any]:
+    """The recommended.json entry for the long, noisy-label CNN regime (the rule in the protocol)."""
+
+    def val(task: str, method: Method) -> dict[int, float]:
+        return {s.seed: r["final_val_error"] for s, r in done.items() if s.task == task and s.method == method}
+
+    tasks = (SELECT, CHECK)
+    beats = chosen is not None and all(
+        len(val(t, chosen)) == len(SEEDS) and all(val(t, chosen)[s] < val(t, ERM)[s] for s in SEEDS) for t in tasks
+    )
+    if not beats:
+        return {"args": {"amp_inner_steps": 0}, "evidence": f"no cheap setting beat ERM on validation on {tasks}"}
+    evidence = []
+    for task in tasks:
+        m = frontier(done, task, (chosen,))["methods"]
+        pf, full = m[chosen.name]["paired_final"], m[FULL.name]["paired_final"]
+        evidence.append(
+            f"{task} ({TASKS[task].title}, {TASKS[task].epochs:g} epochs), seeds 0-2, final weights: "
+            f"{chosen.name} {100 * pf['mean']:+.2f}±{100 * pf['std']:.2f} points test error vs ERM "
+            f"({pf['wins']}/3 seeds), full AMP {100 * full['mean']:+.2f}±{100 * full['std']:.2f}; "
+            f"{m[chosen.name]['cpu_time_vs_erm']:.2f}x ERM's CPU time"
+        )
+    note = (
+        "For CNNs trained long enough to memorise noisy training labels (ERM's final training loss near 0); "
+        f"chosen on {SELECT} validation, checked on {CHECK}. "
+    )
+    return {"args": chosen.kwargs, "evidence": note + "; ".join(evidence)}
+
+
 def markdown(report: dict[str, Any]) -> str:
     lines = []
     for key in ("selection", "transfer_check", "transformer"):
@@ -180,6 +216,8 @@ def markdown(report: dict[str, Any]) -> str:
     choice = report.get("choice")
     if choice:
         lines.append(f"Choice on the selection task's validation errors: {json.dumps(choice)}")
+    if report.get("recommended"):
+        lines += ["", "recommended.json entry:", "", "```json", json.dumps(report["recommended"], indent=1), "```"]
     return "\n".join(lines)
 
 
@@ -249,6 +287,7 @@ def main() -> None:
     report["transfer_check"] = {"task": CHECK, **frontier(scheduler.done, CHECK, chosen)}
     text_methods = tuple(on_text_candidate(m) for m in chosen)
     report["transformer"] = {"task": TEXT, **frontier(scheduler.done, TEXT, text_methods, TEXT_FULL)}
+    report["recommended"] = {PRESET: regime_preset(scheduler.done, chosen[0] if chosen else None)}
     report["methods"] = {m.name: {**m.kwargs, "start_fraction": m.start} for m in (FULL, *CHEAP)}
     report["runs_not_run"] = sorted(f"{s.task} seed {s.seed} {s.method.name}" for s in scheduler.missing)
     report["wall_seconds"] = round(time.perf_counter() - started)
@@ -257,6 +296,8 @@ def main() -> None:
     text = markdown(report)
     (cli.out / "frontier_long.md").write_text(text + "\n")
     plot(report, cli.out)
+    if not scheduler.missing:
+        write_recommendations(cli.out / "recommended.json", report["recommended"])
     print(text)
 
 

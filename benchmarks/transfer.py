@@ -1024,6 +1024,13 @@ def recommendations(report: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def write_recommendations(path: Path, entries: dict[str, Any]) -> None:
+    """Merges `entries` into recommended.json: each study owns its keys (frontier.py writes the regime presets)."""
+    merged = json.loads(path.read_text()) if path.is_file() else {}
+    merged.update(entries)
+    path.write_text(json.dumps(merged, indent=1, ensure_ascii=False) + "\n")
+
+
 def study_wall_seconds(previous: Path, rows: list[dict], trained: int, started: float) -> int | None:
     """The study's wall time: this invocation's when it trained runs; when it only rewrote the report from a full
     cache, the time of the invocation that trained these runs (kept from the previous report of the same runs)."""
@@ -1161,7 +1168,7 @@ def main() -> None:
     text = markdown(report)
     (out / "transfer.md").write_text(text + "\n")
     if report["recommended"] and cli.only is None:
-        (out / "recommended.json").write_text(json.dumps(report["recommended"], indent=1, ensure_ascii=False) + "\n")
+        write_recommendations(out / "recommended.json", report["recommended"])
     plot(report, out)
     print(text)
     print(f"wrote {out} ({len(done)} runs, {scheduler.trained} trained, {full['wall_seconds']} s)")

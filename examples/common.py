@@ -32,7 +32,9 @@ logger = logging.getLogger(__name__)
 METRIC_MODULE = Path(__file__).resolve().parent / "metrics" / "accuracy_f1"
 RECOMMENDED = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "recommended.json"
 """The transfer study's recommendations per model family (benchmarks/transfer.py writes it)."""
-PRESETS = ("auto", "vit_from_scratch", "text_finetune", "cnn", "none")
+PRESETS = ("auto", "vit_from_scratch", "text_finetune", "cnn", "cnn_long_noisy", "none")
+"""recommended.json's entries: one per model family ('auto' picks the script's), and regime presets chosen by name
+(cnn_long_noisy: a CNN trained long enough to memorise noisy labels, benchmarks/frontier.py)."""
 
 
 @dataclass
@@ -74,8 +76,9 @@ class DataArguments:
     amp_preset: str = field(
         default="auto",
         metadata={
-            "help": "AMP settings from benchmarks/results/recommended.json (the transfer study's recommendation for a "
-            "model family), used when no --amp_* flag is given: 'auto' picks the script's family; 'none' keeps the "
+            "help": "AMP settings from benchmarks/results/recommended.json (the studies' recommendation for a model "
+            "family or a regime), used when no --amp_* flag is given: 'auto' picks the script's family; "
+            "'cnn_long_noisy' is for CNNs trained long enough to memorise noisy labels; 'none' keeps the "
             "AMPTrainingArguments defaults. Explicit --amp_* flags always win.",
             "choices": list(PRESETS),
         },

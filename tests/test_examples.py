@@ -109,10 +109,16 @@ RECOMMENDED = json.loads((EXAMPLES.parent / "benchmarks" / "results" / "recommen
         (text_classification, "text_finetune", ["--per_device_train_batch_size", "8"]),
         (image_classification, "vit_from_scratch", TINY_VIT),
         (image_classification, "cnn", TINY_VIT + ["--model_type", "resnet"]),
+        (
+            image_classification,
+            "cnn_long_noisy",
+            TINY_VIT + ["--model_type", "resnet", "--amp_preset", "cnn_long_noisy"],
+        ),
     ],
 )
 def test_presets_follow_recommended_json(tmp_path, script, family, extra):
-    """Without --amp_* flags the examples train with the study's recommendation for their family (README)."""
+    """Without --amp_* flags the examples train with the study's recommendation for their family, or the regime
+    preset named by --amp_preset (README)."""
     base = ["--output_dir", str(tmp_path), "--max_train_samples", "32", "--max_eval_samples", "16"]
     fast = FAST[:-2] + ["--max_steps", "4"]  # FAST without its --amp_preset none
     trainer, _ = script.main(base + fast + extra)
