@@ -60,7 +60,6 @@ class AscentResult:
     """The process group the parameters are sharded over (FSDP2, ZeRO-3), for decisions every process must share."""
     restore: Callable[[], None] = field(default=lambda: None, repr=False)
     """Puts θ back now, inside the `with` block (the exit puts it back anyway)."""
-    layout: Layout | None = field(default=None, repr=False)
 
 
 # ------------------------------------------------------------------------------------ sharded parameters
@@ -204,9 +203,9 @@ def perturbed_weights(
 
     FSDP2 and ZeRO-3: `params` may be sharded DTensors or ZeRO-3 parameters, all over one process group, and
     `gradient_fn` then returns each process's part of the gradient averaged over the processes (a DTensor, or a
-    flat tensor the size of the parameter's valid partition). Δ lives in the local shards; the
-    norms of the projection, of `relative`'s ‖θ_p‖ and of `result.delta_norm` are whole-tensor norms, and a
-    non-finite ascent anywhere is skipped everywhere, so every process applies its shard of one and the same Δ.
+    flat tensor the size of the parameter's valid partition). Δ lives in the local parts; the norms of the
+    projection, of `relative`'s ‖θ_p‖ and of `result.delta_norm` are whole-tensor norms, and a non-finite ascent
+    anywhere is skipped everywhere, so every process applies its part of one and the same Δ.
     """
     params = list(params)
     result = AscentResult()
@@ -217,7 +216,7 @@ def perturbed_weights(
     # The phases are named for torch.profiler (`amp.*`): that is how benchmarks/cost.py --profile splits a step.
     parts = layout(params)  # the local parts (FSDP2 shards, ZeRO-3 partitions) and the group of the whole tensors
     params, group = parts.local, parts.group
-    result.group, result.layout = group, parts
+    result.group = group
     with record_function("amp.save"), torch.no_grad():
         if saved is None:
             saved = [p.detach().clone() for p in params]  # θ, restored by copy: exact in any dtype
