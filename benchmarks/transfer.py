@@ -990,12 +990,15 @@ def recommendations(report: dict[str, Any]) -> dict[str, Any]:
         means = choice["mean_validation_error"]
         held = [(t, s["methods"][choice["best"]]["paired"]) for t, s in fam["tasks"].items()
                 if s["role"] == "held-out" and choice["best"] in s["methods"]]  # fmt: skip
-        transfer = "; ".join(f"{t} {100 * p['mean']:+.2f}±{100 * p['std']:.2f}" for t, p in held)
+        transfer = "; ".join(
+            f"{t} {100 * p['mean']:+.2f}±{100 * p['std']:.2f} (seeds {min(p['seeds'])}-{max(p['seeds'])})"
+            for t, p in held
+        )
         evidence = (
             f"tuning ({FAMILIES[family].tuning_task}, seeds {fam['tuning_seeds']}, best-checkpoint val error): "
             f"ERM {100 * means['ERM']:.2f}%, best {choice['best']} {100 * means[choice['best']]:.2f}%, "
             f"{'beats' if choice['beats_erm_on_every_tuning_seed'] else 'does not beat'} ERM on every tuning seed. "
-            f"Held-out test error, {choice['best']} − ERM (points, seeds 0-2): {transfer or 'n/a'}."
+            f"Held-out test error, {choice['best']} − ERM (points): {transfer or 'n/a'}."
         )
         out[FAMILIES[family].key] = recommendation_entry(None if rec.is_erm else rec.kwargs, rec.start, evidence)
     cnn = report["families"].get("cnn", {}).get("control")
