@@ -30,7 +30,7 @@ only that ERM memorises its noisy training labels at the end: final training los
   Added after the first report (not part of the choice): the same candidate with f = 0.25, Bahri et al.'s quarter,
   to see whether 4 of 32 sentences is too small an ascent batch there.
 
-    python benchmarks/frontier.py          # 51 runs (6 cached from transfer.py), ~80 min on 2 CPU cores, 2 at a time
+    python benchmarks/frontier.py          # 54 runs (6 are transfer.py's, cached), ~80 min on 2 CPU cores
     python benchmarks/frontier.py --cached-only   # the report from cached runs
 
 Writes benchmarks/results/frontier_long.json, frontier_long.md, frontier_long.png, and its entry of recommended.json.
