@@ -1,7 +1,9 @@
 """Cheap AMP where full AMP's gain is large: the cost/accuracy frontier in the long-training, noisy-label regime.
 
-PROTOCOL (fixed before the evaluation runs; the budgets were fixed by one pilot on tuning seed 1000, which checked
-only that ERM memorises its noisy training labels at the end: final training loss 0.001 and 0.004)
+PROTOCOL (the selection, choice and transfer check were fixed before the evaluation runs; the regime-preset rule and
+the transformer task were added while the transfer check ran, after the selection results were in. The budgets were
+fixed by one pilot on tuning seed 1000, which checked only that ERM memorises its noisy training labels at the end:
+final training loss 0.001 and 0.004)
 - Model and optimizer: the CNN family of transfer.py (the example's BatchNorm ResNet from scratch, SGD momentum 0.9,
   lr 0.05, wd 5e-4, batch 128, cosine), AMP with the reference defaults (ε = 0.5 per tensor, ζ = 1, K = 1), untuned.
   Runs, data, label noise (20% of the training and validation labels, test labels clean) and the run cache are
