@@ -263,32 +263,47 @@ def evaluate(model: torch.nn.Module, data: torch.utils.data.Dataset, collator: C
     return loss_sum / count, wrong / count
 
 
-def run_one(spec: RunSpec) -> dict[str, Any]:
-    """Trains one run in this (worker) process; returns its errors, time and curves."""
-    torch.set_num_threads(1)
-    from transformers import PrinterCallback, Trainer, TrainerCallback, set_seed
+def study_args(outputs: Path, batch_size: int, epochs: float, seed: int, logging_steps: int, **settings: Any):
+    """The AMPTrainingArguments every study run shares (this study's and transfer.py's): a cosine schedule with 5%
+    warm-up, one CPU process, nothing saved, reported or printed; `settings` adds the optimizer and amp_* keywords."""
+    from amp_hf import AMPTrainingArguments
 
-    from amp_hf import AMPTrainer, AMPTrainingArguments
-
-    task = TASKS[spec.task]
-    set_seed(spec.seed)  # the model's initialisation (the fresh head of the text model) follows the seed
-    data = task.build(spec.quick, task.train_size)
-    epochs = task.quick_epochs if spec.quick else task.epochs
-    steps_per_epoch = math.ceil(len(data.train) / task.batch_size)
-    args = AMPTrainingArguments(
-        output_dir=str(OUTPUTS / "trainer"),  # nothing is saved there (save_strategy="no")
-        per_device_train_batch_size=task.batch_size,
+    return AMPTrainingArguments(
+        output_dir=str(outputs / "trainer"),  # nothing is saved there (save_strategy="no")
+        per_device_train_batch_size=batch_size,
         num_train_epochs=epochs,
         lr_scheduler_type="cosine",
         warmup_steps=0.05,
-        seed=spec.seed,
-        logging_steps=max(1, steps_per_epoch // 4),
+        seed=seed,
+        logging_steps=logging_steps,
         eval_strategy="no",
         save_strategy="no",
         report_to="none",
         use_cpu=True,
         disable_tqdm=True,
         log_level="error",
+        **settings,
+    )
+
+
+def run_one(spec: RunSpec) -> dict[str, Any]:
+    """Trains one run in this (worker) process; returns its errors, time and curves."""
+    torch.set_num_threads(1)
+    from transformers import PrinterCallback, Trainer, TrainerCallback, set_seed
+
+    from amp_hf import AMPTrainer
+
+    task = TASKS[spec.task]
+    set_seed(spec.seed)  # the model's initialisation (the fresh head of the text model) follows the seed
+    data = task.build(spec.quick, task.train_size)
+    epochs = task.quick_epochs if spec.quick else task.epochs
+    steps_per_epoch = math.ceil(len(data.train) / task.batch_size)
+    args = study_args(
+        OUTPUTS,
+        batch_size=task.batch_size,
+        epochs=epochs,
+        seed=spec.seed,
+        logging_steps=max(1, steps_per_epoch // 4),
         amp_epsilon=spec.epsilon,
         amp_norm=spec.norm,
         amp_inner_steps=spec.inner_steps,

@@ -94,7 +94,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from accuracy import Rows, TaskData, evaluate, fashion_mnist_tensors, stack  # noqa: E402
+from accuracy import Rows, TaskData, evaluate, fashion_mnist_tensors, stack, study_args  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 OUTPUTS = ROOT / "outputs" / "transfer"
@@ -553,7 +553,7 @@ def run_one(spec: Spec) -> dict[str, Any]:
     torch.set_num_threads(1)
     from transformers import PrinterCallback, Trainer, TrainerCallback, set_seed
 
-    from amp_hf import AMPTrainer, AMPTrainingArguments
+    from amp_hf import AMPTrainer
 
     task, family = TASKS[spec.task], FAMILIES[TASKS[spec.task].family]
     set_seed(spec.seed)  # the model's initialisation (the text models' fresh head) follows the seed
@@ -562,20 +562,12 @@ def run_one(spec: Spec) -> dict[str, Any]:
     steps_per_epoch = math.ceil(len(data.train) / family.batch_size)
     total_steps = math.ceil(steps_per_epoch * epochs)
     amp_kwargs = spec.method.kwargs if not spec.method.is_erm else {"amp_inner_steps": 0}
-    args = AMPTrainingArguments(
-        output_dir=str(OUTPUTS / "trainer"),  # nothing is saved there (save_strategy="no")
-        per_device_train_batch_size=family.batch_size,
-        num_train_epochs=epochs,
-        lr_scheduler_type="cosine",
-        warmup_steps=0.05,
+    args = study_args(
+        OUTPUTS,
+        batch_size=family.batch_size,
+        epochs=epochs,
         seed=spec.seed,
         logging_steps=max(1, steps_per_epoch // 2),
-        eval_strategy="no",
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        disable_tqdm=True,
-        log_level="error",
         amp_start_step=int(spec.method.start * total_steps),
         **amp_kwargs,
         **family.optimizer,
