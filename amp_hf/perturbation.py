@@ -57,7 +57,8 @@ class AscentResult:
     skipped: bool = False
     """True when a loss or gradient of the ascent was not finite: the weights then stay at θ (plain ERM)."""
     group: dist.ProcessGroup | None = field(default=None, repr=False)
-    """The process group the parameters are sharded over (FSDP2, ZeRO-3), for decisions every process must share."""
+    """The processes that take every decision together (skip a non-finite ascent, fall back in the descent): the
+    caller's `agree_over`, else the group the parameters are sharded over (FSDP2, ZeRO-3); None: this process alone."""
     restore: Callable[[], None] = field(default=lambda: None, repr=False)
     """Puts θ back now, inside the `with` block (the exit puts it back anyway)."""
 
@@ -193,6 +194,7 @@ def perturbed_weights(
     gradient_fn: GradientFn,
     config: AMPConfig,
     saved: Sequence[torch.Tensor] | None = None,
+    agree_over: dist.ProcessGroup | None = None,
 ) -> Iterator[AscentResult]:
     """Moves `params` to θ + Δ for the duration of the `with` block and back to θ, bit for bit, afterwards.
 
@@ -200,6 +202,11 @@ def perturbed_weights(
     `.grad` (use `torch.autograd.grad`, or put `.grad` back as it was), so that gradients accumulated by earlier
     micro-batches stay untouched. If a loss or gradient is not finite, the weights stay at θ and `result.skipped` is
     set, so no NaN ever reaches them. `saved`, from `save_buffers(params)`, is where θ is kept (default: a fresh copy).
+
+    `agree_over`: the processes that must all skip or all go on (the trainer passes the whole world whenever the run
+    is distributed): a process that skips while another takes one more ascent pass would make a different number of
+    collective calls (DDP, SyncBatchNorm, a `compute_loss` that gathers metrics) and hang. Default: the group the
+    parameters are sharded over, which must agree in any case (every process applies its part of one Δ).
 
     FSDP2 and ZeRO-3: `params` may be sharded DTensors or ZeRO-3 parameters, all over one process group, and
     `gradient_fn` then returns each process's part of the gradient averaged over the processes (a DTensor, or a
@@ -216,7 +223,7 @@ def perturbed_weights(
     # The phases are named for torch.profiler (`amp.*`): that is how benchmarks/cost.py --profile splits a step.
     parts = layout(params)  # the local parts (FSDP2 shards, ZeRO-3 partitions) and the group of the whole tensors
     params, group = parts.local, parts.group
-    result.group = group
+    result.group = decide_over = agree_over if agree_over is not None else group
     with record_function("amp.save"), torch.no_grad():
         if saved is None:
             saved = [p.detach().clone() for p in params]  # θ, restored by copy: exact in any dtype
@@ -249,7 +256,7 @@ def perturbed_weights(
                 factors, norms = projection_factors(deltas, config.epsilon, config.norm, theta_norms, group, scales)
                 norms = norms * factors  # after projection
                 # One host sync per inner step: a non-finite loss or gradient (an fp16 overflow) aborts the ascent.
-                finite = bool(on_every_process(torch.isfinite(loss) & torch.isfinite(norms).all(), group))
+                finite = bool(on_every_process(torch.isfinite(loss) & torch.isfinite(norms).all(), decide_over))
             if not finite:
                 _restore_(params, saved, parts)
                 result.skipped = True

@@ -30,13 +30,15 @@ every pass (the ascent needs it; the descent then accumulates into the sharded `
 
 from __future__ import annotations
 
+import copy
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.profiler import record_function
 from transformers import Seq2SeqTrainer, Trainer
@@ -61,6 +63,14 @@ STEPS_IN_BACKWARD = ("lomo", "adalomo", "galore_adamw_layerwise", "galore_adamw_
 STEPS_IN_BACKWARD += ("galore_adafactor_layerwise", "apollo_adamw_layerwise")
 """`optim` values whose optimizer updates the weights during `backward`: under AMP it would step at θ + Δ."""
 
+_REENTRANT_UNDER_DEEPSPEED = (
+    "AMPTrainer under DeepSpeed does not support reentrant gradient checkpointing (gradient_checkpointing_kwargs "
+    "{'use_reentrant': True}, the default of transformers 4.x): a reentrant checkpoint refuses "
+    "torch.autograd.grad, so the ascent gradient could only be taken by a real backward, which would feed the "
+    "engine's gradient buffers. Set gradient_checkpointing_kwargs={'use_reentrant': False}, or set "
+    "amp_inner_steps=0 / amp_epsilon=0 for plain training."
+)
+
 
 class AMPMixin:
     """Adds Adversarial Model Perturbation to a `Trainer` subclass: `class X(AMPMixin, SomeTrainer)`.
@@ -78,6 +88,7 @@ class AMPMixin:
         self._amp_window = _MetricsWindow()
         self._amp_announced = False
         self._amp_warned_descent = False
+        self._amp_reentrant: tuple[int, bool] | None = None
 
     # ----------------------------------------------------------------------------------------------- configuration
     def _read_amp_config(self, announce_defaults: bool = False) -> AMPConfig:
@@ -110,7 +121,70 @@ class AMPMixin:
             )
         if getattr(self, "is_fsdp_enabled", False):
             self._check_fsdp_plugin()
+        self._check_supported_features()
         return config
+
+    def _check_supported_features(self) -> None:
+        """Refuses the Trainer features AMP cannot run correctly, naming the field, before anything trains."""
+        args = self.args
+        refuse = "AMPTrainer does not support {what}: {why}. {instead}, or set amp_inner_steps=0 / amp_epsilon=0 for "
+        refuse += "plain training."
+        if getattr(args, "n_gpu", 1) > 1:
+            raise ValueError(
+                refuse.format(
+                    what=f"nn.DataParallel (n_gpu={args.n_gpu}: several GPUs seen by one process that was not "
+                    "launched as a distributed run)",
+                    why="the Trainer splits each micro-batch over the GPUs inside one forward, so the ascent's loss "
+                    "and its item count are not one micro-batch's, and every ascent pass would replicate the model",
+                    instead="Launch one process per GPU (torchrun --nproc_per_node N, or accelerate launch), which "
+                    "is DDP, or make one GPU visible (CUDA_VISIBLE_DEVICES=0)",
+                )
+            )
+        parallelism = getattr(args, "parallelism_config", None) or getattr(self.accelerator, "parallelism_config", None)
+        for name, kind in (("cp_size", "context parallelism"), ("sp_size", "sequence parallelism")):
+            size = getattr(parallelism, name, None) or 1
+            if size > 1:
+                raise ValueError(
+                    refuse.format(
+                        what=f"{kind} (parallelism_config.{name}={size}; allowed: 1)",
+                        why="each process holds a slice of every sequence, so its loss and gradient are not a "
+                        "micro-batch's and the perturbation would differ between the slices",
+                        instead="Use data parallelism (DDP or FSDP2) with parallelism_config.cp_size = sp_size = 1",
+                    )
+                )
+        tp_size = self.get_tp_size() if hasattr(self, "get_tp_size") else 1
+        tp_size = max(tp_size, getattr(parallelism, "tp_size", None) or 1)
+        if tp_size > 1:
+            raise ValueError(
+                refuse.format(
+                    what=f"tensor parallelism (tensor-parallel size {tp_size}: the model's tp_plan / tp_size, "
+                    "parallelism_config.tp_size or DeepSpeed's tensor_parallel.autotp_size; allowed: 1)",
+                    why="each process holds a slice of the weight tensors, and the norms of the ball would be those "
+                    "of the slices",
+                    instead="Load the model without tp_plan and use DDP or FSDP2",
+                )
+            )
+        if getattr(args, "half_precision_backend", None) == "apex":
+            raise ValueError(
+                refuse.format(
+                    what="half_precision_backend='apex'",
+                    why="apex scales the loss inside its own backward, so the ascent gradient would not be unscaled "
+                    "and overflows would not be caught the way they are for the GradScaler",
+                    instead="Use half_precision_backend='auto' (torch.amp: fp16 with the GradScaler, or bf16)",
+                )
+            )
+        if getattr(args, "past_index", -1) >= 0:
+            raise ValueError(
+                refuse.format(
+                    what=f"past_index={args.past_index} (allowed: -1)",
+                    why="the Trainer keeps the model's memory output (`_past`) from each forward and feeds it to the "
+                    "next, so the ascent passes would advance it too",
+                    instead="Train without past_index",
+                )
+            )
+        kwargs = getattr(args, "gradient_checkpointing_kwargs", None) or {}
+        if getattr(self, "is_deepspeed_enabled", False) and args.gradient_checkpointing and kwargs.get("use_reentrant"):
+            raise ValueError(_REENTRANT_UNDER_DEEPSPEED)
 
     def _check_fsdp_plugin(self) -> None:
         """FSDP2 is supported; FSDP1 and parameter offloading are refused here, before anything runs."""
@@ -136,6 +210,7 @@ class AMPMixin:
         # before any training starts.
         self.amp_config = self._read_amp_config()
         self._amp_candidates = None
+        self._amp_reentrant = None
         self._amp_window = _MetricsWindow()
         self._amp_announced = False
         try:
@@ -223,7 +298,7 @@ class AMPMixin:
             # when it exits, as it always does.
             ascent_model.set_requires_gradient_sync(True)
         ascent_inputs = head_of_batch(inputs, self.amp_config.ascent_fraction)
-        descent = _Descent()
+        descent = _Descent(fsdp_root=ascent_model if _is_fsdp2(ascent_model) else None)
         stats: RunningStatsSnapshot | None = None
 
         def ascent_gradient() -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -240,7 +315,9 @@ class AMPMixin:
         try:
             with (
                 deepspeed_engine.deferred_step(engine),  # DeepSpeed steps inside backward: only once θ is back
-                perturbed_weights(params, ascent_gradient, self.amp_config, self._amp_saved_buffers(params)) as ascent,
+                perturbed_weights(
+                    params, ascent_gradient, self.amp_config, self._amp_saved_buffers(params), _world_if_distributed()
+                ) as ascent,
                 record_function("amp.descent_pass"),
             ):
                 descent.ascent = ascent
@@ -262,20 +339,28 @@ class AMPMixin:
         descent's gradient and the value of the clean loss at θ, both on the Trainer's scale, so whatever the Trainer
         then does with it (divide by the accumulation steps, log it, filter NaN) gives what the plain Trainer would
         have logged. A descent loss that is not finite where the clean one was is never returned: θ is put back and
-        the micro-batch's loss is computed again there (counted in `amp_skipped`).
+        the micro-batch's loss is computed again there (counted in `amp_skipped`), from its own copy of the inputs,
+        since the first call may have popped `labels` (label smoother, `compute_loss_func`). Under a distributed run
+        every process falls back when one does: the same number of `compute_loss` calls (and of whatever collectives
+        they run) everywhere.
         """
         compute_loss = self.compute_loss  # bound: the most derived override
 
         def swapped(*args: Any, **kwargs: Any):
             del self.compute_loss  # one call: the descent pass's
+            retry_args = [copy.copy(a) if isinstance(a, Mapping) else a for a in args]  # shallow: tensors shared
+            retry_kwargs = {k: copy.copy(v) if isinstance(v, Mapping) else v for k, v in kwargs.items()}
             result = compute_loss(*args, **kwargs)
             returns_outputs = isinstance(result, tuple)
             loss = result[0] if returns_outputs else result
             finite = torch.isfinite(loss.detach()).all() | ~torch.isfinite(descent.clean)  # NaN at θ: Trainer's
             if not bool(on_every_process(finite, descent.ascent.group)):
                 descent.fell_back = True
+                del result, loss  # the graph at θ + Δ is never back-propagated
                 descent.ascent.restore()
-                return compute_loss(*args, **kwargs)
+                if descent.fsdp_root is not None:
+                    _reshard(descent.fsdp_root)
+                return compute_loss(*retry_args, **retry_kwargs)
             descent.perturbed_loss = loss.detach()
             loss = descent.clean.to(loss.dtype).reshape(loss.shape) + (loss - loss.detach())
             return (loss, *result[1:]) if returns_outputs else loss
@@ -319,7 +404,11 @@ class AMPMixin:
         scaled = loss if scale is None else loss * scale
         wrt = [*params, count] if count is not None else params
         if _is_fsdp2(model):
-            grads = _fsdp_gradient(model, scaled, wrt)
+            grads = _gradient_by_backward(model, scaled, wrt)
+        elif self._amp_reentrant_checkpointing(model, scaled):
+            if deepspeed_engine.engine_of(self.model_wrapped) is not None:
+                raise ValueError(_REENTRANT_UNDER_DEEPSPEED)
+            grads = _gradient_by_backward(model, scaled, wrt)
         elif any(is_partitioned(p) for p in params):
             grads = deepspeed_engine.zero3_gradient(deepspeed_engine.engine_of(self.model_wrapped), scaled, wrt)
         else:
@@ -343,6 +432,15 @@ class AMPMixin:
             loss = loss / factor
             torch._foreach_div_(grads, factor)
         return loss, grads, on_trainer_scale.reshape(())
+
+    def _amp_reentrant_checkpointing(self, model: torch.nn.Module, loss: torch.Tensor) -> bool:
+        """Whether `loss`'s graph holds a reentrant `torch.utils.checkpoint` segment (`use_reentrant=True`, the
+        default of transformers 4.x), whose backward refuses `torch.autograd.grad`. Read from the graph itself, so it
+        holds however checkpointing was turned on (the Trainer's argument, the model's method, a custom module);
+        walked once per model and `train()` (a BERT-base graph without checkpoints, ~950 nodes, takes ~1 ms)."""
+        if self._amp_reentrant is None or self._amp_reentrant[0] != id(model):
+            self._amp_reentrant = (id(model), _has_reentrant_checkpoint(loss))
+        return self._amp_reentrant[1]
 
     def _amp_ascent_loss(
         self, model: torch.nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None
@@ -453,6 +551,8 @@ class _Descent:
     """The descent's own loss at θ + Δ, on the same scale as `clean`."""
     fell_back: bool = False
     """The loss at θ + Δ was not finite: the micro-batch was trained at θ."""
+    fsdp_root: torch.nn.Module | None = None
+    """The FSDP2 root module, whose all-gathered weights outlive its forward: resharded before a forward at θ."""
 
 
 @dataclass
@@ -479,14 +579,50 @@ def _is_fsdp2(model: torch.nn.Module) -> bool:
     return FSDPModule is not None and isinstance(model, FSDPModule)
 
 
-def _fsdp_gradient(model: torch.nn.Module, loss: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tensor | None]:
-    """∇loss for FSDP2's sharded `params`, averaged over the processes, leaving every `.grad` as it was.
+def _reshard(root: torch.nn.Module) -> None:
+    """Frees the all-gathered weights of every FSDP2 module under `root` (`FSDPModule.reshard`, public API), so the
+    next forward gathers them from the shards. FSDP2 keeps the root module's gathered weights after its forward (the
+    backward needs them at once) and skips the all-gather of a module that is still unsharded: without this, a
+    forward after θ was written back into the shards would still run on the gathered θ + Δ."""
+    for module in root.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
 
-    `torch.autograd.grad` cannot be used: the forward ran on all-gathered copies, so the sharded parameters are not in
-    the graph (it would report them unused, and zeros would perturb nothing). The gradient reaches the shards only
-    through FSDP's post-backward reduce-scatter into `.grad`. So: move every trainable parameter's `.grad` (the
-    micro-batches accumulated so far) aside, run a real backward, take the fresh sharded gradients and put the old
-    `.grad` back: a swap of references, no copy.
+
+def _world_if_distributed() -> dist.ProcessGroup | None:
+    """The whole world when the run is distributed (every process must take AMP's decisions together), else None."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return dist.group.WORLD
+    return None
+
+
+def _has_reentrant_checkpoint(loss: torch.Tensor) -> bool:
+    """Whether a reentrant checkpoint's backward node (`CheckpointFunctionBackward`) is in the graph behind `loss`."""
+    stack, seen = [loss.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        if node.name() == "CheckpointFunctionBackward":
+            return True
+        seen.add(node)
+        stack.extend(following for following, _ in node.next_functions)
+    return False
+
+
+def _gradient_by_backward(
+    model: torch.nn.Module, loss: torch.Tensor, params: list[torch.Tensor]
+) -> list[torch.Tensor | None]:
+    """∇loss for `params` by a real backward, leaving every `.grad` as it was. Two cases need it:
+
+    - FSDP2: `torch.autograd.grad` cannot reach the sharded parameters, because the forward ran on all-gathered
+      copies (it would report them unused, and zeros would perturb nothing); the gradient reaches the shards only
+      through FSDP's post-backward reduce-scatter into `.grad`, averaged over the processes;
+    - reentrant gradient checkpointing: the checkpoint's backward recomputes its segment and back-propagates it with
+      a nested `backward`, which accumulates into `.grad` and refuses `torch.autograd.grad`.
+    So: move every trainable parameter's `.grad` (the micro-batches accumulated so far) aside, run a real backward,
+    take the fresh gradients and put the old `.grad` back: a swap of references, no copy. (Under DDP `model` is the
+    module inside the wrapper, whose gradient hooks are idle outside a DDP forward: nothing is communicated.)
     """
     trainable = [p for p in model.parameters() if p.requires_grad]
     kept = [p.grad for p in trainable]
