@@ -282,6 +282,16 @@ class AMPMixin:
             self._amp_announce(model)
         if not self.amp_config.applies_at(self.state.global_step):
             return super().training_step(model, inputs, num_items_in_batch)
+        engine = deepspeed_engine.engine_of(model)
+        ascent_model = engine.module if engine is not None else _without_ddp(model)
+        sharded_trainable = None
+        if _is_fsdp2(ascent_model):
+            # FSDP2 registers a module's gathered parameters in place of its shards while they are gathered, and
+            # keeps the root's gathered after its forward (an evaluation leaves them so too): reshard first, so that
+            # the parameters listed here, the ones AMP perturbs and the ones whose `.grad` the ascent moves aside,
+            # are the shards, before any forward of this micro-batch.
+            _reshard(ascent_model)
+            sharded_trainable = [p for p in ascent_model.parameters() if p.requires_grad]
         params = [p for _, p in self.amp_parameters(model)]
         if not params:
             return super().training_step(model, inputs, num_items_in_batch)
@@ -289,9 +299,7 @@ class AMPMixin:
         model.train()
         if callable(getattr(self.optimizer, "train", None)):
             self.optimizer.train()  # schedule-free optimizers swap their weights in here: do it before the ascent
-        engine = deepspeed_engine.engine_of(model)
-        ascent_model = engine.module if engine is not None else _without_ddp(model)
-        if _is_fsdp2(ascent_model):
+        if sharded_trainable is not None:
             # Every pass of an AMP micro-batch reduce-scatters: the ascent must (its gradient arrives no other way),
             # and then the descent does too, accumulating into the sharded `.grad` instead of an unsharded buffer
             # that the ascent's reduce-scatter would otherwise carry along. The Trainer's `no_sync` turns sync on again
@@ -305,7 +313,7 @@ class AMPMixin:
             nonlocal stats
             clean = descent.clean is None
             loss, grads, on_trainer_scale = self._amp_ascent_gradient(
-                ascent_model, inputs, ascent_inputs, params, num_items_in_batch
+                ascent_model, inputs, ascent_inputs, params, num_items_in_batch, sharded_trainable
             )
             if clean:  # right after the clean pass: later passes must not move the running statistics
                 descent.clean = on_trainer_scale
@@ -379,8 +387,12 @@ class AMPMixin:
         ascent_inputs: dict[str, Any],
         params: list[torch.Tensor],
         num_items_in_batch: torch.Tensor | int | None,
+        sharded_trainable: list[torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
         """(mean loss, its gradient, the clean loss as the Trainer's `compute_loss` would have returned it).
+
+        `sharded_trainable`, under FSDP2: every trainable parameter as a shard, listed before the forward (after
+        it, the root module's registered parameters are its gathered copies, whose `.grad` FSDP2 never fills).
 
         The ascent's inputs get their own item count n as `num_items_in_batch` (when the Trainer passes a count), so
         a loss normalised by the count is the mean over them, like one that is a mean already. The Trainer's own
@@ -404,11 +416,12 @@ class AMPMixin:
         scaled = loss if scale is None else loss * scale
         wrt = [*params, count] if count is not None else params
         if _is_fsdp2(model):
-            grads = _gradient_by_backward(model, scaled, wrt)
+            trainable = [p for p in model.parameters() if p.requires_grad]
+            grads = _gradient_by_backward(trainable if sharded_trainable is None else sharded_trainable, scaled, wrt)
         elif self._amp_reentrant_checkpointing(model, scaled):
             if deepspeed_engine.engine_of(self.model_wrapped) is not None:
                 raise ValueError(_REENTRANT_UNDER_DEEPSPEED)
-            grads = _gradient_by_backward(model, scaled, wrt)
+            grads = _gradient_by_backward([p for p in model.parameters() if p.requires_grad], scaled, wrt)
         elif any(is_partitioned(p) for p in params):
             grads = deepspeed_engine.zero3_gradient(deepspeed_engine.engine_of(self.model_wrapped), scaled, wrt)
         else:
@@ -611,9 +624,10 @@ def _has_reentrant_checkpoint(loss: torch.Tensor) -> bool:
 
 
 def _gradient_by_backward(
-    model: torch.nn.Module, loss: torch.Tensor, params: list[torch.Tensor]
+    trainable: list[torch.Tensor], loss: torch.Tensor, params: list[torch.Tensor]
 ) -> list[torch.Tensor | None]:
-    """∇loss for `params` by a real backward, leaving every `.grad` as it was. Two cases need it:
+    """∇loss for `params` by a real backward, leaving the `.grad` of every `trainable` tensor as it was (under FSDP2,
+    the shards: see `AMPMixin._amp_ascent_gradient`). Two cases need it:
 
     - FSDP2: `torch.autograd.grad` cannot reach the sharded parameters, because the forward ran on all-gathered
       copies (it would report them unused, and zeros would perturb nothing); the gradient reaches the shards only
@@ -621,10 +635,9 @@ def _gradient_by_backward(
     - reentrant gradient checkpointing: the checkpoint's backward recomputes its segment and back-propagates it with
       a nested `backward`, which accumulates into `.grad` and refuses `torch.autograd.grad`.
     So: move every trainable parameter's `.grad` (the micro-batches accumulated so far) aside, run a real backward,
-    take the fresh gradients and put the old `.grad` back: a swap of references, no copy. (Under DDP `model` is the
-    module inside the wrapper, whose gradient hooks are idle outside a DDP forward: nothing is communicated.)
+    take the fresh gradients and put the old `.grad` back: a swap of references, no copy. (Under DDP the loss comes
+    from the module inside the wrapper, whose gradient hooks are idle outside a DDP forward: nothing is communicated.)
     """
-    trainable = [p for p in model.parameters() if p.requires_grad]
     kept = [p.grad for p in trainable]
     for p in trainable:
         p.grad = None

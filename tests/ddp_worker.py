@@ -10,7 +10,14 @@ Checks, in one launch (a process launch costs ~10 s of imports):
   5. at θ + Δ == θ (ε = 1e-30) the logged `loss` and `amp_loss` equal the plain Trainer's `loss`, for a model that
      honours `num_items_in_batch` and one that accepts it but averages itself (BERT's case: it logged half);
   6. a loss that overflows at θ + Δ: the micro-batch is trained at θ through the DDP wrapper (a second forward
-     before the backward), the weights stay finite and equal the plain Trainer's, on every rank.
+     before the backward), the weights stay finite and equal the plain Trainer's, on every rank;
+  7. decisions taken together: with a `compute_loss` that runs a collective (as TRL's metric gathering does), a loss
+     that overflows at θ + Δ on rank 1 only makes both ranks fall back to θ in the descent (K = 1) and both skip
+     the rest of the ascent (K = 3): the same number of `compute_loss` calls on both ranks (a rank deciding alone
+     calls it once more or less, and the collectives pair up wrongly or hang), the plain Trainer's weights;
+  8. reentrant gradient checkpointing under DDP: the ascent's real backward through the module inside the wrapper
+     communicates nothing (all-reduces and DDP passes per step equal the plain Trainer's) and the weights equal the
+     accumulated reference.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from transformers import TrainerCallback
 from amp_hf import close_process_group
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from edge_models import OverflowsOnRank, ReentrantCheckpointed
 from helpers import (
     DictDataset,
     MeanLossWithKwargs,
@@ -82,6 +90,23 @@ def run(trainer_cls, model, data, out, **overrides):
     ref.append(trainer)
     trainer.train()
     return trainer, dict(counts)
+
+
+class CollectiveInComputeLoss(SequentialAMPTrainer):
+    """A `compute_loss` that all-reduces a metric, as TRL's SFTTrainer does: every rank must call it equally often."""
+
+    def compute_loss(self, model, inputs, *args, **kwargs):
+        self.loss_calls = getattr(self, "loss_calls", 0) + 1
+        loss = super().compute_loss(model, inputs, *args, **kwargs)
+        metric = loss.detach().clone().reshape(1)
+        dist.all_reduce(metric)
+        return loss
+
+
+def assert_same_on_every_rank(value, what: str) -> None:
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    assert all(g == gathered[0] for g in gathered), f"{what}: {gathered}"
 
 
 def assert_ranks_identical(model) -> None:
@@ -153,6 +178,29 @@ def main() -> None:
     assert_close_to(overflow.model, plain.model, "overflow at θ + Δ under DDP")
     assert_ranks_identical(overflow.model)
     print(f"rank {dist.get_rank()}: overflow at θ + Δ trained at θ under DDP", flush=True)
+
+    # rank 1 overflows at θ + Δ, rank 0 does not: K = 1, the descent falls back on both; K = 3, the ascent's second
+    # pass is not finite on rank 1, and both skip its third pass. Either way: the plain Trainer's step at θ.
+    plain, _ = run(SequentialTrainer, OverflowsOnRank(), data, out, max_steps=1)
+    for inner_steps, calls in ((1, 3), (3, 3)):  # clean, θ + Δ, θ  |  clean, second ascent pass, descent at θ
+        one_rank, _ = run(
+            CollectiveInComputeLoss, OverflowsOnRank(), data, out, max_steps=1, amp_inner_steps=inner_steps
+        )
+        assert_same_on_every_rank(one_rank.loss_calls, f"compute_loss calls, K = {inner_steps}")
+        assert one_rank.loss_calls == calls, (inner_steps, one_rank.loss_calls)
+        assert one_rank.state.log_history[0]["amp_skipped"] == 2, one_rank.state.log_history  # both ranks
+        assert_close_to(one_rank.model, plain.model, f"overflow on rank 1 only, K = {inner_steps}")
+        assert_ranks_identical(one_rank.model)
+    print(f"rank {dist.get_rank()}: overflow on one rank: every rank decided alike", flush=True)
+
+    ckpt, ckpt_counts = run(
+        SequentialAMPTrainer, ReentrantCheckpointed(), data, out, amp_epsilon=0.05, ddp_find_unused_parameters=False
+    )  # DDP must not look for unused parameters: they hide inside the reentrant checkpoint's segment
+    assert ckpt._amp_reentrant[1]
+    assert ckpt_counts == erm_counts, (ckpt_counts, erm_counts)
+    assert_close_to(ckpt.model, expected, "reentrant checkpointing under DDP")
+    assert_ranks_identical(ckpt.model)
+    print(f"rank {dist.get_rank()}: reentrant checkpointing under DDP == reference, {ckpt_counts}", flush=True)
     print(f"rank {dist.get_rank()}: ALL OK", flush=True)
     close_process_group()  # without it, torch 2.13's gloo threads abort the process at exit (5 of 20 launches)
 

@@ -63,3 +63,35 @@ class OverflowsOnRank(TinyClassifier):
             here = dist.is_initialized() and dist.get_rank() == self.rank
             out["loss"] = out["loss"] + (torch.exp(200 * self.s) if here else 0 * self.s)
         return out
+
+
+class OverflowsWhenPushedSharded(TinyClassifier):
+    """`helpers.OverflowsWhenPushed` with s of shape (1,), as FSDP2 shards no 0-d tensor: finite at θ, infinite at
+    θ + Δ (exp(200·s) once the ascent moves s to ε = 0.5). s belongs to the root module, not to fc1 or fc2."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.s = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        out = super().forward(x, labels)
+        if labels is not None:
+            out["loss"] = out["loss"] + torch.exp(200 * self.s).sum()
+        return out
+
+
+class RootScaledClassifier(TinyClassifier):
+    """TinyClassifier whose logits are multiplied by a learned temperature held by the root module itself: under
+    FSDP2 (fc1 and fc2 wrapped as their own units) the root keeps its gathered parameters after its forward, as the
+    embeddings and heads of Hugging Face models do, so the temperature is only sharded between passes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.temperature = nn.Parameter(torch.full((1,), 1.5))
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        logits = self.fc2(torch.tanh(self.fc1(x))) * self.temperature
+        out = {"logits": logits}
+        if labels is not None:
+            out["loss"] = nn.functional.cross_entropy(logits, labels)
+        return out

@@ -10,7 +10,13 @@ Checks, in one launch (a process launch costs ~10 s of imports):
      accumulation too, a non-zero Δ, and the same logged metrics on every rank; and with accelerate's bf16
      MixedPrecisionPolicy (bf16 compute and reduction, fp32 shards) within bf16 rounding of that reference; and the
      elementwise ball with the ascent on half of each rank's micro-batch (`amp_ascent_fraction`), whose reference
-     ascent sees those halves of the global micro-batch.
+     ascent sees those halves of the global micro-batch;
+  3. a parameter of the root module, whose all-gathered copy FSDP2 keeps after the root's forward (as the
+     embeddings and heads of Hugging Face models): the reference's weights, so its ascent gradient is not left in
+     `.grad` for the descent to add to (it was, by the sharded `.grad` not being moved aside);
+  4. a loss that overflows at θ + Δ under FSDP2, through a parameter of the root module: the descent falls back and
+     really runs at θ (it ran on the root's gathered θ + Δ and put NaN into every weight), so the step is one
+     process's ERM step on the global micro-batch, and the weights stay finite.
 
 accelerate 1.15 drops the FSDP plugin when the run is on CPU (it becomes plain multi-CPU DDP), so `ForceFSDPOnCPU`
 puts the plugin and the FSDP distributed type back right after the Trainer built its accelerator; everything after
@@ -30,6 +36,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from edge_models import OverflowsWhenPushedSharded, RootScaledClassifier
 from helpers import DictDataset, SequentialAMPTrainer, TinyClassifier, reference_amp, tiny_args
 
 from amp_hf import AMPConfig, close_process_group, perturbed_weights
@@ -107,16 +114,16 @@ class FSDPAMPTrainer(ForceFSDPOnCPU, SequentialAMPTrainer):
     pass
 
 
-def run_fsdp(out: str, **overrides) -> FSDPAMPTrainer:
+def run_fsdp(out: str, model: torch.nn.Module | None = None, **overrides) -> FSDPAMPTrainer:
     fsdp_config = {"version": 2, "transformer_layer_cls_to_wrap": ["Linear"]}  # fc1, fc2 and the root: 3 units
-    args = tiny_args(
-        out, max_steps=STEPS, per_device_train_batch_size=BATCH, ddp_backend="gloo", fsdp=True,
-        fsdp_config=fsdp_config, **overrides,
-    )  # fmt: skip
-    trainer = FSDPAMPTrainer(model=TinyClassifier(), args=args, train_dataset=DictDataset(n=64))
+    settings = dict(max_steps=STEPS, per_device_train_batch_size=BATCH, ddp_backend="gloo", fsdp=True)
+    args = tiny_args(out, **{**settings, "fsdp_config": fsdp_config, **overrides})
+    model = TinyClassifier() if model is None else model
+    name = type(model).__name__  # fully_shard changes the class in place
+    trainer = FSDPAMPTrainer(model=model, args=args, train_dataset=DictDataset(n=64))
     assert trainer.accelerator.is_fsdp2
     trainer.train()
-    assert trainer.model_wrapped is trainer.model and type(trainer.model).__name__ == "FSDPTinyClassifier"
+    assert trainer.model_wrapped is trainer.model and type(trainer.model).__name__ == f"FSDP{name}"
     assert all(isinstance(p, DTensor) for p in trainer.model.parameters())
     assert trainer.model.fc2.weight.to_local().shape[0] == (2 if dist.get_rank() == 0 else 1)  # uneven shards
     return trainer
@@ -129,11 +136,12 @@ def heads_of_each_rank(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
 
 
 def check_trainer(
-    out: str, norm: str, epsilon: float, grad_accum: int, inner_steps: int, bf16: bool = False, fraction: float = 1.0
-) -> None:
+    out: str, norm: str, epsilon: float, grad_accum: int, inner_steps: int, bf16: bool = False, fraction: float = 1.0,
+    model_cls: type[torch.nn.Module] = TinyClassifier,
+) -> None:  # fmt: skip
     trainer = run_fsdp(
-        out, amp_epsilon=epsilon, amp_norm=norm, amp_inner_steps=inner_steps, gradient_accumulation_steps=grad_accum,
-        bf16=bf16, amp_ascent_fraction=fraction,
+        out, model=model_cls(), amp_epsilon=epsilon, amp_norm=norm, amp_inner_steps=inner_steps,
+        gradient_accumulation_steps=grad_accum, bf16=bf16, amp_ascent_fraction=fraction,
     )  # fmt: skip
     if bf16:  # FSDP2 computes and reduces in bf16; the shards AMP perturbs and restores stay fp32
         policy = trainer.model._get_fsdp_state()._mp_policy
@@ -143,11 +151,10 @@ def check_trainer(
     # the global micro-batch is both ranks' micro-batches together: batch 2·BATCH in one process
     settings = dict(steps=STEPS, batch_size=2 * BATCH, grad_accum=grad_accum, inner_steps=inner_steps)
     head = heads_of_each_rank if fraction == 0.5 else None
-    expected = reference_amp(
-        TinyClassifier(), DictDataset(n=64), epsilon=epsilon, norm=norm, ascent_head=head, **settings
-    )
-    erm = reference_amp(TinyClassifier(), DictDataset(n=64), epsilon=0.0, **settings)
+    expected = reference_amp(model_cls(), DictDataset(n=64), epsilon=epsilon, norm=norm, ascent_head=head, **settings)
+    erm = reference_amp(model_cls(), DictDataset(n=64), epsilon=0.0, **settings)
     what = f"FSDP2 {norm} GA={grad_accum} K={inner_steps}" + (" bf16" if bf16 else "") + f" f={fraction}"
+    what += "" if model_cls is TinyClassifier else f" {model_cls.__name__}"
     atol = 6e-4 if bf16 else 2e-6  # bf16 forward/backward against the fp32 reference: measured 2.5e-4
     for name, p in expected.named_parameters():
         message = lambda m, n=name: f"{what} {n}: {m}"  # noqa: E731
@@ -163,6 +170,22 @@ def check_trainer(
     print(f"rank {dist.get_rank()}: {what} == one process on the global batch, logs agree", flush=True)
 
 
+def check_fallback_at_theta(out: str) -> None:
+    """The model's s sits in the root module: FSDP2 keeps the root's gathered weights (s = 0.5 after the
+    ascent) after the descent's forward, so a forward at θ that did not reshard first would see s = 0.5 again, get
+    an infinite loss once more and back-propagate it (NaN weights)."""
+    trainer = run_fsdp(out, model=OverflowsWhenPushedSharded(), max_steps=1)
+    logs = trainer.state.log_history[0]
+    assert logs["amp_skipped"] == 2 and logs["amp_delta_norm"] == 0.0, logs  # both ranks fell back
+    got = {n: p.detach().full_tensor() for n, p in trainer.model.named_parameters()}
+    assert all(torch.isfinite(v).all() for v in got.values()), got
+    erm = reference_amp(OverflowsWhenPushedSharded(), DictDataset(n=64), steps=1, batch_size=2 * BATCH, epsilon=0.0)
+    for name, p in erm.named_parameters():
+        torch.testing.assert_close(got[name], p.detach(), atol=2e-6, rtol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
+    assert abs(float(got["s"][0])) > 1.0  # trained at θ: s got the gradient 200 of exp(200·s) at s = 0
+    print(f"rank {dist.get_rank()}: FSDP2 fall-back at θ == one process's ERM step", flush=True)
+
+
 def main() -> None:
     dist.init_process_group("gloo")
     assert dist.get_world_size() == 2
@@ -173,6 +196,10 @@ def main() -> None:
     check_trainer(out, norm="relative", epsilon=0.02, grad_accum=1, inner_steps=1)
     check_trainer(out, norm="tensor", epsilon=0.05, grad_accum=1, inner_steps=1, bf16=True)
     check_trainer(out, norm="elementwise", epsilon=0.05, grad_accum=2, inner_steps=1, fraction=0.5)
+    # a parameter of the root module, whose gathered copy outlives the forward: its ascent gradient must not stay
+    # in `.grad` (with K = 2 the projection scales it in place as Δ's storage; GA = 2 accumulates the descents)
+    check_trainer(out, norm="tensor", epsilon=0.05, grad_accum=2, inner_steps=2, model_cls=RootScaledClassifier)
+    check_fallback_at_theta(out)
     print(f"rank {dist.get_rank()}: ALL OK", flush=True)
     close_process_group()  # without it, torch 2.13's gloo threads can abort the process at exit
 

@@ -12,3 +12,5 @@ def test_ddp_two_processes_match_accumulation_and_communicate_like_the_trainer()
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     assert done.stdout.count("ALL OK") == 2
     assert "communication per step AMP {'allreduce': 3, 'ddp_forward': 3} == ERM" in done.stdout
+    assert done.stdout.count("overflow on one rank: every rank decided alike") == 2
+    assert done.stdout.count("reentrant checkpointing under DDP == reference, {'allreduce': 3, 'ddp_forward': 3}") == 2

@@ -22,7 +22,9 @@ def test_fsdp2_two_processes_use_whole_tensor_norms_and_match_one_process_on_the
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     assert done.stdout.count("ALL OK") == 2
     assert done.stdout.count("sharded norms == whole-tensor norms") == 2
-    assert done.stdout.count("== one process on the global batch, logs agree") == 10
+    assert done.stdout.count("== one process on the global batch, logs agree") == 12
+    assert done.stdout.count("RootScaledClassifier == one process on the global batch") == 2
+    assert done.stdout.count("FSDP2 fall-back at θ == one process's ERM step") == 2
 
 
 def _trainer_on_pretend_fsdp(tmp_path, plugin, **overrides):
