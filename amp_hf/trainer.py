@@ -5,12 +5,20 @@ Per micro-batch, on an AMP step:
      as `num_items_in_batch` (when the Trainer passes a count at all), so every loss path (a model honouring the count
      or ignoring it, a `compute_loss_func` dividing by it, the label smoother) gives the micro-batch's **mean** loss.
      Its gradient comes from `torch.autograd.grad` on the model without its DDP wrapper, unscaled by the fp16
-     GradScaler's scale: nothing is written to `.grad` and nothing is communicated, whatever the accumulation or the
-     process count. With `amp_ascent_fraction` < 1 these passes see the head of the micro-batch only (`batch.py`).
+     GradScaler's scale: `.grad` is left as it was and no gradient is communicated, whatever the accumulation or the
+     process count. (Under reentrant gradient checkpointing, whose backward refuses `torch.autograd.grad`, a real
+     backward with every `.grad` moved aside and put back.) With `amp_ascent_fraction` < 1 these passes see the head
+     of the micro-batch only (`batch.py`).
   2. descent pass at θ + Δ: `Trainer.training_step` itself, so loss scaling, the label smoother, `compute_loss_func`,
      custom `compute_loss` overrides, accumulation and DDP gradient sync behave exactly as in the plain Trainer. A
-     descent loss that is not finite is never back-propagated: the micro-batch is retrained at θ instead.
+     descent loss that is not finite is never back-propagated: the micro-batch is retrained at θ instead, from its
+     own copy of the inputs.
   3. θ is copied back (also on error) and running statistics are put back to their post-clean-pass values.
+
+Decisions (skip a non-finite ascent, fall back in the descent) are taken by every process together whenever the run
+is distributed: one all-reduced flag per inner step and per descent pass. A process deciding alone would call
+`compute_loss` a different number of times than the others, and any collective inside it (SyncBatchNorm, TRL's
+metric gathering) would pair up wrongly or hang.
 
 The logged `loss` is the Trainer's own number for the clean pass: the loss tensor the Trainer receives in the descent
 pass carries the descent's gradient but the clean loss's value, on the Trainer's scale, so the Trainer's own
@@ -25,7 +33,9 @@ each process's micro-batch mean-loss gradient, taken by a real backward with eve
 and each process perturbs its shards with whole-tensor norms (`perturbation.py`). With equal micro-batches that is
 one process running AMP on the concatenation of all processes' micro-batches. AMP micro-batches reduce-scatter on
 every pass (the ascent needs it; the descent then accumulates into the sharded `.grad`, as with accelerate's
-`sync_each_batch`), so no unsharded gradient accumulates outside FSDP's sharded `.grad`.
+`sync_each_batch`), so no unsharded gradient accumulates outside FSDP's sharded `.grad`. FSDP2 keeps the root
+module's gathered parameters after its forward and registers them in place of the shards meanwhile: the step
+reshards before it lists the parameters and before a forward at θ after one at θ + Δ.
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ DDP with a reentrant checkpoint (no extra communication, the reference's weights
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from edge_models import ReentrantCheckpointed
@@ -22,6 +24,7 @@ from helpers import (
 )
 from transformers import Trainer
 
+import amp_hf.trainer
 from amp_hf import AMPMixin, AMPTrainer, AMPTrainingArguments
 
 
@@ -111,3 +114,16 @@ def test_reentrant_checkpointing_under_deepspeed_is_refused_at_construction(tmp_
     AMPOnPretendDeepSpeed(  # AMP off is the plain Trainer
         model=TinyClassifier(), args=tiny_args(tmp_path, amp_epsilon=0.0, **reentrant), train_dataset=DictDataset()
     )
+
+
+def test_reentrant_checkpoint_found_under_deepspeed_is_refused_at_the_first_ascent(tmp_path, monkeypatch):
+    """Checkpointing turned on by the model itself (not the arguments): refused when the ascent finds the segment,
+    before any backward. The engine is a stand-in: what `_amp_ascent_gradient` asks of it is an fp32 engine's."""
+    trainer = AMPTrainer(model=ReentrantCheckpointed(), args=tiny_args(tmp_path), train_dataset=DictDataset())
+    engine = SimpleNamespace(fp16_enabled=lambda: False)
+    monkeypatch.setattr(amp_hf.trainer.deepspeed_engine, "engine_of", lambda model: engine)
+    params = list(trainer.model.parameters())
+    batch = {"x": torch.randn(4, 6), "labels": torch.tensor([0, 1, 2, 0])}
+    with pytest.raises(ValueError, match="use_reentrant"):
+        trainer._amp_ascent_gradient(trainer.model, batch, batch, params, None)
+    assert all(p.grad is None for p in params)  # refused before any backward
