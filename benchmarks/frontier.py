@@ -44,15 +44,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from pathlib import Path
 from typing import Any
 
-from .methods import DEFAULTS, ERM, REFERENCE, SAM_GLOBAL, Method, amp, passes_per_step
+from .methods import DEFAULTS, ERM, REFERENCE, SAM_GLOBAL, Method, amp
 from .reports import command, made_by_lines, pyplot, write_recommendations
 from .runner import OUTPUTS, RESULTS, RUNS, RunStore, Scheduler, Spec
-from .stats import SHARE_GOAL, TIME_GOAL, choose_cheap, share_of_cut, summarise_task
+from .stats import TIME_GOAL, choose_cheap, cut_shares
 from .tasks import TASKS
 
 SELECT, CHECK = "cnn_mnist_noisy_long", "cnn_fmnist_noisy_long"
@@ -89,40 +88,9 @@ TEXT_EXTRA = (on_text_candidate(next(m for m in CHEAP if m.name == "f=0.25")),)
 def frontier(
     done: dict[Spec, dict], task: str, methods: tuple[Method, ...], full_method: Method = FULL
 ) -> dict[str, Any]:
-    """Every method against ERM on `task`: final and best-validation test errors, shares of full AMP's cuts, times."""
-    summary = summarise_task(task, done, [m.name for m in (full_method, *methods)], SEEDS)
-    rows = summary["methods"]
-    erm, full = rows.get("ERM"), rows.get(full_method.name)
-    if not erm or not full:
-        return summary
-
-    def runs_of(name: str) -> dict[int, dict]:
-        return {s.seed: r for s, r in done.items() if s.task == task and r["method"] == name and s.seed in SEEDS}
-
-    for name, m in rows.items():
-        m["final_val_error_mean"] = statistics.mean(r["final_val_error"] for r in runs_of(name).values())
-    for method in (full_method, *methods):
-        m = rows.get(method.name)
-        if m is None:
-            continue
-        by_seed = runs_of(method.name)
-        m["wall_time_vs_erm"] = m.pop("time_vs_erm")
-        m["passes_vs_erm"] = passes_per_step(method.kwargs, method.start)
-        m["final_train_loss_by_seed"] = [round(by_seed[s]["final_train_loss"], 4) for s in sorted(by_seed)]
-        for key, value in (("final_test_error_mean", "share_of_full_cut"), ("test_error_mean", "share_of_full_cut_bv")):
-            m[value] = share_of_cut(erm[key], full[key], m[key])
-        m["share_of_full_val_cut"] = share_of_cut(
-            erm["final_val_error_mean"], full["final_val_error_mean"], m["final_val_error_mean"]
-        )
-        share = m["share_of_full_cut_bv" if task == TEXT else "share_of_full_cut"]  # the headline's share
-        m["meets_goal"] = bool(share is not None and share >= SHARE_GOAL and m["cpu_time_vs_erm"] <= TIME_GOAL)
-    summary["full_amp_relative_cut_final"] = (erm["final_test_error_mean"] - full["final_test_error_mean"]) / erm[
-        "final_test_error_mean"
-    ]
-    summary["full_amp_relative_cut_best_val"] = (erm["test_error_mean"] - full["test_error_mean"]) / erm[
-        "test_error_mean"
-    ]
-    return summary
+    """Every method against ERM and full AMP on `task` (benchmarks.stats.cut_shares); the transformer task's
+    headline is its best-validation checkpoints, the CNN tasks' their final weights."""
+    return cut_shares(done, task, methods, full_method, SEEDS, headline_best_val=task == TEXT)
 
 
 def choose(summary: dict[str, Any]) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
+from .methods import Method, passes_per_step
 from .tasks import TASKS
 
 TIME_GOAL, SHARE_GOAL = 1.3, 0.8
@@ -80,6 +81,44 @@ def summarise_task(task: str, done: dict[Any, dict], methods: list[str], seeds) 
     first = next(iter(done[s] for s in done if s.task == task), None)
     out["data"] = first["data"] if first else {}
     return out
+
+
+def cut_shares(
+    done: dict[Any, dict], task: str, methods: tuple[Method, ...], full: Method, seeds, headline_best_val: bool
+) -> dict[str, Any]:
+    """Every method against ERM on `task` (the cheap-AMP frontier): final and best-validation test errors, the shares
+    of full AMP's cuts each keeps (test, best-val test, final validation), times and the passes model, and whether it
+    meets the goal (>= 80% of the headline's cut at <= 1.3x ERM's CPU time; the headline is the best-validation
+    checkpoints when `headline_best_val`, else the final weights)."""
+    summary = summarise_task(task, done, [m.name for m in (full, *methods)], seeds)
+    rows = summary["methods"]
+    erm, full_row = rows.get("ERM"), rows.get(full.name)
+    if not erm or not full_row:
+        return summary
+
+    def runs_of(name: str) -> dict[int, dict]:
+        return {s.seed: r for s, r in done.items() if s.task == task and r["method"] == name and s.seed in seeds}
+
+    for name, m in rows.items():
+        m["final_val_error_mean"] = statistics.mean(r["final_val_error"] for r in runs_of(name).values())
+    for method in (full, *methods):
+        m = rows.get(method.name)
+        if m is None:
+            continue
+        by_seed = runs_of(method.name)
+        m["wall_time_vs_erm"] = m.pop("time_vs_erm")
+        m["passes_vs_erm"] = passes_per_step(method.kwargs, method.start)
+        m["final_train_loss_by_seed"] = [round(by_seed[s]["final_train_loss"], 4) for s in sorted(by_seed)]
+        for key, value in (("final_test_error_mean", "share_of_full_cut"), ("test_error_mean", "share_of_full_cut_bv")):
+            m[value] = share_of_cut(erm[key], full_row[key], m[key])
+        m["share_of_full_val_cut"] = share_of_cut(
+            erm["final_val_error_mean"], full_row["final_val_error_mean"], m["final_val_error_mean"]
+        )
+        share = m["share_of_full_cut_bv" if headline_best_val else "share_of_full_cut"]
+        m["meets_goal"] = bool(share is not None and share >= SHARE_GOAL and m["cpu_time_vs_erm"] <= TIME_GOAL)
+    for key, value in (("final_test_error_mean", "final"), ("test_error_mean", "best_val")):
+        summary[f"full_amp_relative_cut_{value}"] = (erm[key] - full_row[key]) / erm[key]
+    return summary
 
 
 # --------------------------------------------------------------------------------------------- choice rules

@@ -20,9 +20,8 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
-from transformers import AutoImageProcessor, AutoModelForImageClassification, ViTImageProcessorPil
+from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 from amp_hf import close_process_group
 from amp_hf.tasks.data import (  # the data set lives in the library's support code; its names stay importable here
@@ -30,10 +29,13 @@ from amp_hf.tasks.data import (  # the data set lives in the library's support c
     FASHION_MNIST_DIR,
     FASHION_MNIST_MEAN,
     FASHION_MNIST_STD,
+    as_array,
+    augment,
     fashion_mnist,
+    image_transform,
     read_idx,
 )
-from amp_hf.tasks.models import image_classifier
+from amp_hf.tasks.models import image_classifier, image_processor
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (
@@ -80,22 +82,6 @@ class ImageArguments(DataArguments):
     augment: bool = field(default=True, metadata={"help": "Random 2-pixel-padded crops and horizontal flips."})
 
 
-# ------------------------------------------------------------------------------------------------------ data
-def as_array(image) -> np.ndarray:
-    """HWC uint8 from a PIL image, an array, or nested lists; grayscale gets a channel axis."""
-    array = np.asarray(image.convert("RGB") if getattr(image, "mode", "L") not in ("L", "RGB") else image)
-    return array[..., None] if array.ndim == 2 else array
-
-
-def augment(array: np.ndarray, pad: int = 2) -> np.ndarray:
-    """A random crop of the image padded by `pad` pixels, then a horizontal flip half of the time (torch's RNG)."""
-    h, w = array.shape[:2]
-    padded = np.pad(array, ((pad, pad), (pad, pad), (0, 0)))
-    top, left = (int(v) for v in torch.randint(0, 2 * pad + 1, (2,)))
-    crop = padded[top : top + h, left : left + w]
-    return crop[:, ::-1] if torch.rand(()) < 0.5 else crop
-
-
 # ----------------------------------------------------------------------------------------------------- model
 def build_model(args: ImageArguments, num_labels: int, channels: int, image_size: int):
     if args.model_name_or_path:
@@ -106,10 +92,7 @@ def build_model(args: ImageArguments, num_labels: int, channels: int, image_size
             ignore_mismatched_sizes=True,
         )
         return model, from_pretrained(AutoImageProcessor, args.model_name_or_path)
-    mean, std = (FASHION_MNIST_MEAN, FASHION_MNIST_STD) if channels == 1 else (0.5, 0.5)
-    processor = ViTImageProcessorPil(
-        do_resize=False, do_rescale=True, do_normalize=True, image_mean=[mean] * channels, image_std=[std] * channels
-    )
+    processor = image_processor(channels)
     model = image_classifier(
         args.model_type,
         num_labels,
@@ -132,18 +115,9 @@ def main(argv: list[str] | None = None):
     first = as_array(data["train"][0][args.image_column])
     model, processor = build_model(args, len(labels), channels=first.shape[-1], image_size=first.shape[0])
 
-    def transform(train: bool):
-        def apply(batch):
-            arrays = [as_array(image) for image in batch[args.image_column]]
-            if train and args.augment:
-                arrays = [augment(a) for a in arrays]
-            pixels = processor(images=arrays, return_tensors="pt", input_data_format="channels_last")
-            return {"pixel_values": pixels["pixel_values"], "labels": torch.tensor(batch[args.label_column])}
-
-        return apply
-
     for split, ds in data.items():
-        ds.set_transform(transform(train=split == "train"))
+        random_crops = split == "train" and args.augment
+        ds.set_transform(image_transform(processor, args.image_column, args.label_column, random_crops))
 
     # the study's families: a BatchNorm CNN, or a ViT trained from scratch (a pretrained one: pass --amp_* flags)
     family = "cnn" if args.model_type == "resnet" else "none" if args.model_name_or_path else "vit_from_scratch"

@@ -78,6 +78,41 @@ def fashion_mnist() -> DatasetDict:
     return DatasetDict(splits)
 
 
+def as_array(image: Any) -> np.ndarray:
+    """HWC uint8 from a PIL image, an array, or nested lists; grayscale gets a channel axis."""
+    import numpy as np
+
+    array = np.asarray(image.convert("RGB") if getattr(image, "mode", "L") not in ("L", "RGB") else image)
+    return array[..., None] if array.ndim == 2 else array
+
+
+def augment(array: np.ndarray, pad: int = 2) -> np.ndarray:
+    """A random crop of the image padded by `pad` pixels, then a horizontal flip half of the time (torch's RNG)."""
+    import numpy as np
+    import torch
+
+    h, w = array.shape[:2]
+    padded = np.pad(array, ((pad, pad), (pad, pad), (0, 0)))
+    top, left = (int(v) for v in torch.randint(0, 2 * pad + 1, (2,)))
+    crop = padded[top : top + h, left : left + w]
+    return crop[:, ::-1] if torch.rand(()) < 0.5 else crop
+
+
+def image_transform(processor: Any, image_column: str, label_column: str, random_crops: bool):
+    """A `Dataset.set_transform` function: images through `processor` (random crops and flips first when
+    `random_crops`), labels as a tensor."""
+    import torch
+
+    def apply(batch: dict[str, list]) -> dict[str, torch.Tensor]:
+        arrays = [as_array(image) for image in batch[image_column]]
+        if random_crops:
+            arrays = [augment(a) for a in arrays]
+        pixels = processor(images=arrays, return_tensors="pt", input_data_format="channels_last")
+        return {"pixel_values": pixels["pixel_values"], "labels": torch.tensor(batch[label_column])}
+
+    return apply
+
+
 def fashion_mnist_tensors(
     train_size: int, val_size: int = 5000, test_size: int | None = None
 ) -> tuple[dict[str, torch.Tensor], ...]:

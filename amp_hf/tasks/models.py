@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .data import missing_asset
+from .data import FASHION_MNIST_MEAN, FASHION_MNIST_STD, missing_asset
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedModel
+    from transformers import PreTrainedModel, ViTImageProcessorPil
 
 IMAGE_MODEL_TYPES = ("vit", "resnet")
 
@@ -59,3 +59,14 @@ def image_classifier(
         num_labels=num_labels,
     )
     return ViTForImageClassification(config)
+
+
+def image_processor(channels: int) -> ViTImageProcessorPil:
+    """The processor of the config-built image models: no resize, pixels scaled to [0, 1] and normalised
+    (Fashion-MNIST's mean and std for one channel, 0.5 otherwise)."""
+    from transformers import ViTImageProcessorPil
+
+    mean, std = (FASHION_MNIST_MEAN, FASHION_MNIST_STD) if channels == 1 else (0.5, 0.5)
+    return ViTImageProcessorPil(
+        do_resize=False, do_rescale=True, do_normalize=True, image_mean=[mean] * channels, image_std=[std] * channels
+    )
