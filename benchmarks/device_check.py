@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
@@ -154,6 +155,7 @@ def cost_check(rounds: int = 10) -> None:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()  # no options; --help says what it does
     print(json.dumps({"device": torch.cuda.get_device_name() if CUDA else "cpu", "torch": torch.__version__}))
     precision_checks()
     deepspeed_fp16_check()
