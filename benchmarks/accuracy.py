@@ -17,8 +17,9 @@ amp_interval 2 and 4, AMP in the second half only, and K = 2 (CNN only).
     python -m benchmarks.accuracy --cached-only   # the report from the recorded runs, training none (~15 s)
     python -m benchmarks.accuracy --tasks cnn --seeds 0 1 2 3 4
 
-Runs go two at a time (one thread each) and are recorded in benchmarks/results/runs/accuracy.jsonl (--cache), keyed by
-their settings and the code that made them (benchmarks.runner), so an interrupted study resumes where it stopped.
+Runs go two at a time (one thread each) and are recorded in benchmarks/results/records/accuracy.jsonl (--cache),
+keyed by their settings and the code that made them (benchmarks.runner), so an interrupted study resumes where it
+stopped.
 Writes benchmarks/results/accuracy.json (the summary, the command, versions, machine, which code made the runs),
 accuracy.md (the table) and the plots accuracy.png, frontier.png and loss_curves.png. The tasks are benchmarks.tasks'
 acc_cnn, acc_vit and acc_text; a run keeps its final weights (no early stopping), its per-epoch validation curve is
@@ -357,7 +358,7 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--workers", type=int, default=2, help="runs at a time (one thread each)")
     parser.add_argument("--out", type=Path, default=None, help="default: benchmarks/results (quick: outputs/)")
-    parser.add_argument("--cache", type=Path, default=None, help="run records (default: results/runs/accuracy.jsonl)")
+    parser.add_argument("--cache", type=Path, default=None, help="default: results/records/accuracy.jsonl")
     cli = parser.parse_args()
     seeds = cli.seeds[:1] if cli.quick else cli.seeds
     outputs = OUTPUTS / "accuracy"

@@ -35,7 +35,7 @@ final training loss 0.001 and 0.004)
     python -m benchmarks.frontier                 # 54 runs (6 are the transfer study's), ~80 min on 2 CPU cores
     python -m benchmarks.frontier --cached-only   # the report from the recorded runs, training none
 
-Runs are recorded with the transfer study's, in benchmarks/results/runs/transfer.jsonl (benchmarks.runner). Writes
+Runs are recorded with the transfer study's, in benchmarks/results/records/transfer.jsonl (benchmarks.runner). Writes
 benchmarks/results/frontier_long.json, frontier_long.md, frontier_long.png, and its entry of recommended.json; when
 runs are missing (--cached-only), a partial report in outputs/frontier/partial/ instead, and no recommendation.
 """

@@ -44,8 +44,8 @@ def project_path(path: Path) -> str:
 
 def made_by_lines(made_by: dict[str, int], store: Path) -> list[str]:
     """A report's closing lines: which code made its runs, and where their records are."""
-    parts = "; ".join(f"{count} by {label}" for label, count in made_by.items())
-    return ["", "## Runs", "", f"{sum(made_by.values())} runs, made by {parts}. Records: `{project_path(store)}`."]
+    parts = "; ".join(f"{count} made by {label}" for label, count in made_by.items())
+    return ["", "## Runs", "", f"{sum(made_by.values())} runs: {parts}. Records: `{project_path(store)}`."]
 
 
 def recommendation_entry(args: dict[str, Any] | None, start: float, evidence: str) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from .tasks import FAMILIES, NOISE_RATE, QUICK_SIZES, TASKS, build
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-RUNS = RESULTS / "runs"
+RUNS = RESULTS / "records"
 """The committed run records, one JSON-lines file per study (the frontier study shares the transfer study's)."""
 OUTPUTS = ROOT / "outputs"
 RUN_CODE = ("data.py", "tasks.py", "methods.py", "runner.py")

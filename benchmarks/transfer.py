@@ -59,7 +59,7 @@ PROTOCOL
     python -m benchmarks.transfer --quick          # a smoke run of every code path (tiny sizes, 1 epoch)
     python -m benchmarks.transfer --cached-only    # the report from the recorded runs, training none (~15 s)
 
-Runs go `--workers` at a time (one thread each) and are recorded in benchmarks/results/runs/transfer.jsonl, keyed by
+Runs go `--workers` at a time (one thread each) and are recorded in benchmarks/results/records/transfer.jsonl, keyed by
 their settings and the code that made them (benchmarks.runner), so an interrupted study resumes and a change of code
 trains again. The full study writes benchmarks/results/transfer.json, transfer.md, transfer.png,
 frontier_cnn_noisy.png and recommended.json (partial and quick runs: outputs/transfer/).
@@ -393,7 +393,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, 1 epoch, one eval seed: a smoke run")
     parser.add_argument("--cached-only", action="store_true", help="write the report from recorded runs, train none")
     parser.add_argument("--workers", type=int, default=2, help="runs at a time (one thread each)")
-    parser.add_argument("--cache", type=Path, default=None, help="run records (default: results/runs/transfer.jsonl)")
+    parser.add_argument("--cache", type=Path, default=None, help="default: results/records/transfer.jsonl")
     parser.add_argument("--out", type=Path, default=None, help="default: benchmarks/results (partial/quick: outputs)")
     cli = parser.parse_args()
     started = time.perf_counter()
