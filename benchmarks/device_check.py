@@ -8,11 +8,12 @@
 4. Cost on the device: step time AMP K=1 vs ERM (interleaved, medians of round ratios) and extra peak memory
    (`torch.cuda.max_memory_allocated`) in units of parameter bytes, on a BERT-base-sized model built from a config.
 
-    python benchmarks/device_check.py            # prints one JSON line per check; exit code 1 if a check fails
+    python -m benchmarks.device_check            # prints one JSON line per check; exit code 1 if a check fails
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
@@ -20,17 +21,13 @@ import sys
 import tempfile
 import time
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-
 import torch
 from datasets import Dataset
 from transformers import BertConfig, BertForSequenceClassification, Trainer
 
 from amp_hf import AMPTrainer, AMPTrainingArguments
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cost import make_trainer, optimizer_step, parameter_bytes
+from .steps import make_trainer, optimizer_step, parameter_bytes
 
 CUDA = torch.cuda.is_available()
 failures: list[str] = []
@@ -157,9 +154,14 @@ def cost_check(rounds: int = 10) -> None:
            extra_peak_memory_in_param_bytes=None if extra is None else round(extra, 3))  # fmt: skip
 
 
-if __name__ == "__main__":
+def main() -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()  # no options; --help says what it does
     print(json.dumps({"device": torch.cuda.get_device_name() if CUDA else "cpu", "torch": torch.__version__}))
     precision_checks()
     deepspeed_fp16_check()
     cost_check()
     sys.exit(1 if failures else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -7,7 +7,7 @@ final training loss 0.001 and 0.004)
 - Model and optimizer: the CNN family of transfer.py (the example's BatchNorm ResNet from scratch, SGD momentum 0.9,
   lr 0.05, wd 5e-4, batch 128, cosine), AMP with the reference defaults (ε = 0.5 per tensor, ζ = 1, K = 1), untuned.
   Runs, data, label noise (20% of the training and validation labels, test labels clean) and the run cache are
-  transfer.py's (`run_one`); ERM and AMP share seeds 0, 1, 2.
+  transfer.py's (benchmarks.runner); ERM and AMP share seeds 0, 1, 2.
 - SELECTION task, cnn_mnist_noisy_long: MNIST-5k's 2k training images, 1k validation, 2k test; 60 epochs. Every cheap
   setting runs: ascent fraction f = 0.5, 0.25, 0.125; AMP every 2nd and every 4th step; AMP from 50% of the steps;
   and the combinations f = 0.5 and 0.25 every 2nd step and f = 0.25 from 50%.
@@ -32,44 +32,30 @@ final training loss 0.001 and 0.004)
   Added after the first report (not part of the choice): the same candidate with f = 0.25, Bahri et al.'s quarter,
   to see whether 4 of 32 sentences is too small an ascent batch there.
 
-    python benchmarks/frontier.py          # 54 runs (6 are transfer.py's, cached), ~80 min on 2 CPU cores
-    python benchmarks/frontier.py --cached-only   # the report from cached runs
+    python -m benchmarks.frontier                 # 54 runs (6 are the transfer study's), ~80 min on 2 CPU cores
+    python -m benchmarks.frontier --cached-only   # the report from the recorded runs, training none
 
-Writes benchmarks/results/frontier_long.json, frontier_long.md, frontier_long.png, and its entry of recommended.json.
+Runs are recorded with the transfer study's, in benchmarks/results/records/transfer.jsonl (benchmarks.runner). Writes
+benchmarks/results/frontier_long.json, frontier_long.md, frontier_long.png, and its entry of recommended.json; when
+runs are missing (--cached-only), a partial report in outputs/frontier/partial/ instead, and no recommendation.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from transfer import (
-    ALL_CANDIDATES,
-    DEFAULTS,
-    ERM,
-    OUTPUTS,
-    RESULTS,
-    TASKS,
-    Method,
-    Scheduler,
-    Spec,
-    amp,
-    passes_per_step,
-    summarise_task,
-    write_recommendations,
-)
+from .methods import DEFAULTS, ERM, REFERENCE, SAM_GLOBAL, Method, amp
+from .reports import command, made_by_lines, pyplot, write_recommendations
+from .runner import OUTPUTS, RESULTS, RUNS, RunStore, Scheduler, Spec
+from .stats import TIME_GOAL, choose_cheap, cut_shares
+from .tasks import TASKS
 
 SELECT, CHECK = "cnn_mnist_noisy_long", "cnn_fmnist_noisy_long"
 SEEDS = (0, 1, 2)
-TIME_GOAL, SHARE_GOAL = 1.3, 0.8
-REFERENCE = {"norm": "tensor", "inner_lr": 1.0, "epsilon": 0.5}
 CHEAP: tuple[Method, ...] = (
     amp("f=0.5", ascent_fraction=0.5, **REFERENCE),
     amp("f=0.25", ascent_fraction=0.25, **REFERENCE),
@@ -83,8 +69,9 @@ CHEAP: tuple[Method, ...] = (
 )
 FULL = DEFAULTS  # full AMP: the reference defaults on every step
 TEXT = "text_speeches_noisy"
-TEXT_FULL = next(m for m in ALL_CANDIDATES if m.name == "sam_global ε=0.05")
+TEXT_FULL = SAM_GLOBAL
 CHEAP_KNOBS = ("amp_ascent_fraction", "amp_interval")
+PRESET = "cnn_long_noisy"
 
 
 def on_text_candidate(cheap: Method) -> Method:
@@ -101,58 +88,14 @@ TEXT_EXTRA = (on_text_candidate(next(m for m in CHEAP if m.name == "f=0.25")),)
 def frontier(
     done: dict[Spec, dict], task: str, methods: tuple[Method, ...], full_method: Method = FULL
 ) -> dict[str, Any]:
-    """Every method against ERM on `task`: final and best-validation test errors, shares of full AMP's cuts, times."""
-    summary = summarise_task(task, done, [m.name for m in (full_method, *methods)], SEEDS)
-    rows = summary["methods"]
-    erm, full = rows.get("ERM"), rows.get(full_method.name)
-    if not erm or not full:
-        return summary
-
-    def runs_of(name: str) -> dict[int, dict]:
-        return {s.seed: r for s, r in done.items() if s.task == task and r["method"] == name and s.seed in SEEDS}
-
-    for name, m in rows.items():
-        m["final_val_error_mean"] = statistics.mean(r["final_val_error"] for r in runs_of(name).values())
-    val_cut = erm["final_val_error_mean"] - full["final_val_error_mean"]
-    for method in (full_method, *methods):
-        m = rows.get(method.name)
-        if m is None:
-            continue
-        by_seed = runs_of(method.name)
-        m["wall_time_vs_erm"] = m.pop("time_vs_erm")
-        m["passes_vs_erm"] = passes_per_step(method.kwargs, method.start)
-        m["final_train_loss_by_seed"] = [round(by_seed[s]["final_train_loss"], 4) for s in sorted(by_seed)]
-        for key, value in (("final_test_error_mean", "share_of_full_cut"), ("test_error_mean", "share_of_full_cut_bv")):
-            cut = erm[key] - full[key]
-            m[value] = (erm[key] - m[key]) / cut if cut > 0 else None
-        m["share_of_full_val_cut"] = (
-            (erm["final_val_error_mean"] - m["final_val_error_mean"]) / val_cut if val_cut > 0 else None
-        )
-        share = m["share_of_full_cut_bv" if task == TEXT else "share_of_full_cut"]  # the headline's share
-        m["meets_goal"] = bool(share is not None and share >= SHARE_GOAL and m["cpu_time_vs_erm"] <= TIME_GOAL)
-    summary["full_amp_relative_cut_final"] = (erm["final_test_error_mean"] - full["final_test_error_mean"]) / erm[
-        "final_test_error_mean"
-    ]
-    summary["full_amp_relative_cut_best_val"] = (erm["test_error_mean"] - full["test_error_mean"]) / erm[
-        "test_error_mean"
-    ]
-    return summary
+    """Every method against ERM and full AMP on `task` (benchmarks.stats.cut_shares); the transformer task's
+    headline is its best-validation checkpoints, the CNN tasks' their final weights."""
+    return cut_shares(done, task, methods, full_method, SEEDS, headline_best_val=task == TEXT)
 
 
 def choose(summary: dict[str, Any]) -> dict[str, Any]:
     """The choice rule of the protocol, on validation errors of the selection task."""
-    rows = summary["methods"]
-    cheap = {m.name: rows[m.name] for m in CHEAP if m.name in rows}
-    fast = {n: r for n, r in cheap.items() if r["cpu_time_vs_erm"] <= TIME_GOAL}
-    keeps = {n: r for n, r in fast.items() if (r["share_of_full_val_cut"] or 0) >= SHARE_GOAL}
-    if keeps:
-        chosen = min(keeps, key=lambda n: keeps[n]["final_val_error_mean"])
-        return {"chosen": chosen, "qualifying": sorted(keeps), "fast_enough": sorted(fast)}
-    closest = max(fast, key=lambda n: fast[n]["share_of_full_val_cut"] or -1e9) if fast else None
-    return {"chosen": None, "closest": closest, "qualifying": [], "fast_enough": sorted(fast)}
-
-
-PRESET = "cnn_long_noisy"
+    return choose_cheap(summary["methods"], [m.name for m in CHEAP])
 
 
 def regime_preset(done: dict[Spec, dict], chosen: Method | None) -> dict[str, Any]:
@@ -230,11 +173,7 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def plot(report: dict[str, Any], out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     parts = [
         p for p in (report.get(k) for k in ("selection", "transfer_check", "transformer")) if p and p.get("methods")
     ]
@@ -260,14 +199,13 @@ def plot(report: dict[str, Any], out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cached-only", action="store_true", help="write the report from cached runs, train none")
+    parser.add_argument("--cached-only", action="store_true", help="write the report from recorded runs, train none")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--cache", type=Path, default=OUTPUTS / "runs.jsonl")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--cache", type=Path, default=RUNS / "transfer.jsonl", help="run records (shared)")
+    parser.add_argument("--out", type=Path, default=None, help="default: benchmarks/results")
     cli = parser.parse_args()
     started = time.perf_counter()
-    scheduler = Scheduler(cli.workers, cli.cache)
-    scheduler.cached_only = cli.cached_only
+    scheduler = Scheduler(cli.workers, RunStore(cli.cache), cached_only=cli.cached_only)
     scheduler.add([Spec(SELECT, m, s) for m in (ERM, FULL, *CHEAP) for s in SEEDS], 2)
     scheduler.add([Spec(CHECK, m, s) for m in (ERM, FULL) for s in SEEDS], 1)
     state: dict[str, Any] = {}
@@ -287,7 +225,7 @@ def main() -> None:
 
     scheduler.run(on_progress)
     report: dict[str, Any] = {
-        "command": "python benchmarks/frontier.py " + " ".join(sys.argv[1:]),
+        "command": command("frontier"),
         "protocol": __doc__.split("PROTOCOL", 1)[1].split("\n\n", 1)[0].strip(),
         "selection": {"task": SELECT, **frontier(scheduler.done, SELECT, CHEAP)},
         "choice": state.get("choice"),
@@ -299,14 +237,18 @@ def main() -> None:
     report["recommended"] = {PRESET: regime_preset(scheduler.done, chosen[0] if chosen else None)}
     report["methods"] = {m.name: {**m.kwargs, "start_fraction": m.start} for m in (FULL, *CHEAP)}
     report["runs_not_run"] = sorted(f"{s.task} seed {s.seed} {s.method.name}" for s in scheduler.missing)
+    report["runs_made_by"] = scheduler.made_by()
     report["wall_seconds"] = round(time.perf_counter() - started)
-    cli.out.mkdir(parents=True, exist_ok=True)
-    (cli.out / "frontier_long.json").write_text(json.dumps(report, indent=1, default=str, ensure_ascii=False) + "\n")
-    text = markdown(report)
-    (cli.out / "frontier_long.md").write_text(text + "\n")
-    plot(report, cli.out)
+    out = cli.out or (OUTPUTS / "frontier" / "partial" if scheduler.missing else RESULTS)
+    if scheduler.missing:
+        print(f"{len(scheduler.missing)} runs have no record: a partial report in {out}, no recommendation")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "frontier_long.json").write_text(json.dumps(report, indent=1, default=str, ensure_ascii=False) + "\n")
+    text = markdown(report) + "\n" + "\n".join(made_by_lines(report["runs_made_by"], cli.cache))
+    (out / "frontier_long.md").write_text(text + "\n")
+    plot(report, out)
     if not scheduler.missing:
-        write_recommendations(cli.out / "recommended.json", report["recommended"])
+        write_recommendations(out / "recommended.json", report["recommended"])
     print(text)
 
 

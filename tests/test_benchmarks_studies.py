@@ -1,0 +1,105 @@
+"""The studies as a user runs them, `python -m benchmarks.<study>` from the project root: each answers --help; no
+benchmark edits sys.path, imports examples/ or another study; the committed reports regenerate from the committed
+run records (--cached-only) with the same tables and recommendations; a real smoke run trains and records."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "benchmarks"
+RESULTS = BENCHMARKS / "results"
+STUDIES = ("accuracy", "transfer", "frontier", "cost", "flatness", "device_check")
+
+
+def run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout, check=True)  # fmt: skip
+
+
+def imports(path: Path) -> set[str]:
+    """The modules a file imports, relative ones as benchmarks.<name>."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            names.add(f"benchmarks.{node.module}" if node.level else node.module)
+    return names
+
+
+def test_benchmarks_are_a_package_whose_studies_import_only_shared_modules():
+    for path in BENCHMARKS.glob("*.py"):
+        source = path.read_text()
+        assert "sys.path" not in source, f"{path.name} edits sys.path"
+        imported = imports(path)
+        assert not {m for m in imported if m.split(".")[0] in ("examples", "common", "image_classification",
+                                                              "text_classification")}, path.name  # fmt: skip
+        others = {f"benchmarks.{s}" for s in STUDIES} - {f"benchmarks.{path.stem}"}
+        assert not imported & others, f"{path.name} imports another study: {imported & others}"
+    for path in (ROOT / "examples").glob("*.py"):
+        assert "benchmarks" not in {m.split(".")[0] for m in imports(path)}, f"{path.name} imports the benchmarks"
+
+
+@pytest.mark.parametrize("study", STUDIES)
+def test_each_study_answers_help_from_the_project_root(study):
+    assert "usage:" in run(f"benchmarks.{study}", "--help", timeout=120).stdout
+
+
+def tables(markdown: str) -> list[str]:
+    return [line for line in markdown.splitlines() if line.startswith("|")]
+
+
+@pytest.mark.parametrize("study", ["transfer", "accuracy"])
+def test_reports_regenerate_from_the_recorded_runs(study, tmp_path):
+    """--cached-only trains nothing and writes the committed report: the same Markdown (tables and text), the same
+    summary, and (transfer) the same recommended.json entries."""
+    run(f"benchmarks.{study}", "--cached-only", "--out", str(tmp_path))
+    assert (tmp_path / f"{study}.md").read_text() == (RESULTS / f"{study}.md").read_text()
+    new, committed = (json.loads(p.read_text()) for p in (tmp_path / f"{study}.json", RESULTS / f"{study}.json"))
+    assert new["runs_trained"] == 0 and new["run_keys"] == committed["run_keys"]
+    key = "families" if study == "transfer" else "tasks"
+    assert new[key] == committed[key]
+    if study == "transfer":
+        committed_entries = json.loads((RESULTS / "recommended.json").read_text())
+        written = json.loads((tmp_path / "recommended.json").read_text())
+        assert written == {k: committed_entries[k] for k in new["recommended"]}
+
+
+def test_frontier_without_its_records_writes_a_partial_report_and_no_recommendation(tmp_path):
+    result = run("benchmarks.frontier", "--cached-only", "--out", str(tmp_path))
+    assert "runs have no record" in result.stdout
+    report = json.loads((tmp_path / "frontier_long.json").read_text())
+    assert report["runs_not_run"] and report["choice"] is None and report["recommended"]
+    assert (tmp_path / "frontier_long.md").exists() and not (tmp_path / "recommended.json").exists()
+
+
+def test_quick_study_trains_records_and_reuses_its_runs(tmp_path):
+    """The smoke run of the accuracy study on one task: real training, every code path, files written; run again,
+    it trains nothing (the records match the settings and the code)."""
+    cache = tmp_path / "runs.jsonl"
+    command = ["benchmarks.accuracy", "--quick", "--tasks", "cnn", "--out", str(tmp_path), "--cache", str(cache)]
+    run(*command)
+    report = json.loads((tmp_path / "accuracy.json").read_text())
+    assert report["runs_trained"] == len(report["run_keys"]) > 0  # a fresh cache: this invocation trained every run
+    task = report["tasks"]["cnn"]
+    assert task["recommended"] in task["methods"]
+    for method in task["methods"].values():
+        assert 0.0 <= method["test_error_mean"] <= 1.0
+    assert any(", every 4" in label for label in task["methods"])
+    rows = [json.loads(line) for line in cache.read_text().splitlines()]
+    errors = {row["method"]: row["test_error"] for row in rows}
+    assert errors["ERM"] != errors["AMP tensor ε=0.5"]  # the defaults really perturbed the weights
+    assert all("commit" not in row["code"] and row["code"]["amp_hf"] for row in rows)  # keyed to this code
+    for name in ("accuracy.png", "frontier.png", "loss_curves.png"):
+        assert (tmp_path / name).stat().st_size > 10_000
+    run(*command)
+    assert json.loads((tmp_path / "accuracy.json").read_text())["runs_trained"] == 0
