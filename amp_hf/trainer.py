@@ -37,7 +37,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 from torch.profiler import record_function
 from transformers import Seq2SeqTrainer, Trainer
 
@@ -52,6 +51,8 @@ from .config import AMPConfig
 from .perturbation import AscentResult, on_every_process, perturbed_weights, save_buffers
 from .running_stats import RunningStatsSnapshot
 from .sharding import is_partitioned, is_sharded, layout
+from .wrapped_models import grad_scaler_scale
+from .wrapped_models import without_ddp as _without_ddp
 
 logger = logging.getLogger(__name__)
 
@@ -372,10 +373,7 @@ class AMPMixin:
         engine = deepspeed_engine.engine_of(self.model_wrapped)
         if engine is not None:
             return deepspeed_engine.loss_scale(engine)
-        scaler = getattr(self.accelerator, "scaler", None)
-        if scaler is None or not scaler.is_enabled():
-            return None
-        return float(scaler.get_scale())
+        return grad_scaler_scale(self.accelerator)
 
     def _local_item_count(self, inputs: dict[str, Any]) -> torch.Tensor | None:
         """Items of this micro-batch, counted as `Trainer._get_num_items_in_batch` counts them, without a gather."""
@@ -468,11 +466,6 @@ class _MetricsWindow:
     perturbed: int = 0
     skipped: int = 0
     last_step: int | None = None
-
-
-def _without_ddp(model: torch.nn.Module) -> torch.nn.Module:
-    """The module inside a DDP wrapper: its forward runs no buffer broadcast and arms no gradient all-reduce."""
-    return model.module if isinstance(model, DistributedDataParallel) else model
 
 
 def _is_fsdp2(model: torch.nn.Module) -> bool:

@@ -1,0 +1,236 @@
+"""AMP (Adversarial Model Perturbation, not mixed precision) for custom training loops, with or without Accelerate.
+
+The Trainer glue (`trainer.py`) and this module run the same step, `perturbation.perturbed_weights`; this module
+only supplies what a loop has instead of a Trainer: the micro-batch, a loss function and the `Accelerator`.
+
+    amp = AMP(model, accelerator=accelerator, amp_epsilon=0.5)        # after accelerator.prepare(...)
+    for batch in train_dataloader:
+        with accelerator.accumulate(model), amp.perturbed(batch):    # the ascent runs here; weights now θ + Δ
+            loss = model(**batch).loss
+            accelerator.backward(loss)                               # the descent gradient, taken at θ + Δ
+        optimizer.step()                                             # θ is back: the step is taken from θ
+        lr_scheduler.step()
+        optimizer.zero_grad()
+
+Per micro-batch, on an AMP step, `perturbed(batch)`:
+  1. runs the ascent passes (clean + K − 1) on the model without its DDP wrapper, each on the micro-batch's own
+     **mean** loss (`loss_fn`), its gradient from `torch.autograd.grad` unscaled by the fp16 GradScaler's scale:
+     nothing is written to `.grad` and nothing is communicated, whatever the accumulation or the process count.
+     With `amp_ascent_fraction` < 1 these passes see the head of the micro-batch only (`batch.py`);
+  2. leaves the weights at θ + Δ for the block, where the loop's own forward and `accelerator.backward` take the
+     descent gradient exactly as they would without AMP (loss scaling, accumulation, DDP's gradient sync);
+  3. copies θ back on exit, also when the block raises, and puts BatchNorm running statistics back to their values
+     after the clean pass (one update per micro-batch, as in plain training).
+A non-finite ascent (an fp16 overflow) leaves the weights at θ for the block, sets `result.skipped` and logs a
+warning: that micro-batch trains as plain ERM.
+
+Optimizer steps are counted by this object, for `amp_interval` and `amp_start_step`: the micro-batch that ends an
+accumulation window (`accelerator.sync_gradients` inside `accelerator.accumulate`) ends a step.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import fields
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+
+from . import selection
+from .batch import head_of_batch
+from .config import AMPConfig
+from .perturbation import AscentResult, perturbed_weights, save_buffers
+from .running_stats import RunningStatsSnapshot
+from .sharding import is_partitioned, is_sharded
+from .wrapped_models import grad_scaler_scale, without_ddp
+
+logger = logging.getLogger(__name__)
+
+LossFn = Callable[[torch.nn.Module, Any], torch.Tensor]
+"""`loss_fn(module, batch)`: the micro-batch's mean loss with `module` (the model without its DDP wrapper)."""
+
+SETTING_NAMES = tuple(f"amp_{f.name}" for f in fields(AMPConfig))
+"""The keyword arguments `AMP` takes: the `amp_*` fields of `AMPTrainingArguments`, with the same meaning."""
+
+REFUSED_BACKENDS = {
+    "FSDP": "FSDP shards the parameters, and the custom-loop API does not gather the sharded ascent gradient yet "
+    "(AMPTrainer supports FSDP2)",
+    "DEEPSPEED": "accelerate's backward steps DeepSpeed's optimizer inside it, which under AMP would step at θ + Δ, "
+    "and the custom-loop API does not hold that step back yet (AMPTrainer supports ZeRO 1-3)",
+    "MEGATRON_LM": "Megatron-LM's model and tensor parallelism hide the whole parameter tensors",
+}
+"""accelerate `DistributedType` names the custom-loop API refuses, and why."""
+
+
+def config_from_settings(config: AMPConfig | None = None, **amp_settings: Any) -> AMPConfig:
+    """One validated `AMPConfig` from `amp_*` keywords (the names of `AMPTrainingArguments`), over `config`.
+
+    The validation is `AMPConfig`'s own, so the messages name the same `amp_*` field as the Trainer path does.
+    This is the one place settings are resolved: a preset would be applied here, under the explicit keywords.
+    """
+    unknown = sorted(set(amp_settings) - set(SETTING_NAMES))
+    if unknown:
+        raise ValueError(f"AMP got unknown setting(s) {unknown}; allowed: {', '.join(SETTING_NAMES)}")
+    base = config if config is not None else AMPConfig()
+    values = {name: getattr(base, name[len("amp_") :]) for name in SETTING_NAMES}
+    values.update(amp_settings)
+    return AMPConfig.from_args(SimpleNamespace(**values))
+
+
+def default_loss(module: torch.nn.Module, batch: Any) -> torch.Tensor:
+    """The loss a Hugging Face model returns for a dict batch with labels: `module(**batch).loss`."""
+    if not isinstance(batch, Mapping):
+        raise ValueError(
+            f"AMP.perturbed got a batch of type {type(batch).__name__} and no loss_fn; the default loss_fn calls "
+            "module(**batch).loss, which needs a dict. Pass loss_fn=lambda module, batch: <mean loss>."
+        )
+    outputs = module(**batch)
+    loss = outputs["loss"] if isinstance(outputs, Mapping) else getattr(outputs, "loss", None)
+    if loss is None:
+        raise ValueError("the model returned no loss for the batch (are the labels in it?); pass loss_fn= instead")
+    return loss
+
+
+class AMP:
+    """Adversarial Model Perturbation for a custom training loop (see the module docstring for the loop).
+
+    `model` is the model the loop trains: the one `accelerator.prepare` returned (a DDP wrapper under several
+    processes), or the bare model. `accelerator` (optional) supplies the fp16 GradScaler, the accumulation boundary
+    and the distributed type; without one, every `perturbed` call is one optimizer step. Settings are the
+    `amp_*` keywords of `AMPTrainingArguments` (`amp_epsilon`, `amp_inner_steps`, `amp_inner_lr`, `amp_norm`,
+    `amp_interval`, `amp_start_step`, `amp_include`, `amp_exclude`, `amp_ascent_fraction`), validated the same way,
+    or a whole `config=AMPConfig(...)`.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        accelerator: Any = None,
+        config: AMPConfig | None = None,
+        loss_fn: LossFn | None = None,
+        **amp_settings: Any,
+    ) -> None:
+        self.config = config_from_settings(config, **amp_settings)
+        self.model = model
+        self.accelerator = accelerator
+        self.loss_fn = loss_fn or default_loss
+        self.optimizer_steps = 0
+        """Optimizer steps taken so far, as counted by `perturbed` (set it when resuming a run)."""
+        self.skipped = 0
+        """Micro-batches whose ascent was not finite (trained at θ)."""
+        self._saved: tuple[list[int], list[torch.Tensor]] | None = None
+        if self.config.enabled:
+            self._check_supported()
+        named = self._named_module()
+        self._candidates = selection.candidates(named, self.config)
+        self.selection = selection.report(named, self.config)
+        """What AMP perturbs in this model; its `problems()` (patterns matching nothing) are logged as warnings."""
+        if self.config.enabled and self._is_main_process():
+            logger.info("%s; settings %s", self.selection.summary(), self.config)
+            for problem in self.selection.problems():
+                logger.warning(problem)
+
+    # ------------------------------------------------------------------------------------------------- set-up
+    def _check_supported(self) -> None:
+        kind = getattr(getattr(self.accelerator, "distributed_type", None), "name", None)
+        module = without_ddp(self.model)
+        if kind not in REFUSED_BACKENDS:
+            kind = "DEEPSPEED" if type(module).__name__ == "DeepSpeedEngine" else kind
+        if kind not in REFUSED_BACKENDS and any(is_sharded(p) or is_partitioned(p) for p in module.parameters()):
+            kind = "FSDP"
+        if kind in REFUSED_BACKENDS:
+            raise ValueError(
+                f"amp_hf.AMP does not support {kind} in a custom loop: {REFUSED_BACKENDS[kind]}. Use DDP or one "
+                "process, or AMPTrainer, or set amp_inner_steps=0 / amp_epsilon=0 for plain training."
+            )
+
+    def _named_module(self) -> torch.nn.Module:
+        """The model whose parameter names the patterns match: no DDP wrapper, no `torch.compile` prefix."""
+        module = without_ddp(self.model)
+        return getattr(module, "_orig_mod", module)
+
+    def _is_main_process(self) -> bool:
+        return bool(getattr(self.accelerator, "is_main_process", True))
+
+    def named_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
+        """(name, parameter) of every tensor AMP perturbs now: trainable (read every call), selected by the patterns."""
+        return [(name, p) for name, p in self._candidates if p.requires_grad]
+
+    def _saved_buffers(self, params: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Where θ is kept during each AMP step: allocated once, reused (see `perturbation.save_buffers`)."""
+        key = [id(p) for p in params]
+        if self._saved is None or self._saved[0] != key:
+            self._saved = None
+            self._saved = (key, save_buffers(params))
+        return self._saved[1]
+
+    # ---------------------------------------------------------------------------------------------------- the step
+    @contextmanager
+    def perturbed(self, batch: Any, loss_fn: LossFn | None = None) -> Iterator[AscentResult]:
+        """Weights at θ + Δ inside the block for this micro-batch, θ again (bit for bit) after it, also on error.
+
+        `loss_fn(module, batch)` (default: this object's, else `module(**batch).loss`) must return the micro-batch's
+        mean loss; the ascent calls it with the model without its DDP wrapper and, with `amp_ascent_fraction` < 1,
+        the head of the batch. The block must compute the loss itself (through the wrapped model) and call
+        `accelerator.backward` (or `loss.backward()`); the optimizer steps after the block. The result's
+        `clean_loss` (L at θ) and `delta_norm` (‖Δ‖) are device tensors for logging, None when this micro-batch
+        is not an AMP step (`amp_interval`, `amp_start_step`, K = 0 or ε = 0); `skipped` is True when the ascent
+        was not finite and the block ran at θ.
+        """
+        ends_step = bool(getattr(self.accelerator, "sync_gradients", True))
+        try:
+            params = [p for _, p in self.named_parameters()] if self.config.applies_at(self.optimizer_steps) else []
+            if not params:
+                yield AscentResult()
+                return
+            with self._ascent(batch, loss_fn or self.loss_fn, params) as result:
+                yield result
+        finally:
+            if ends_step:
+                self.optimizer_steps += 1
+
+    @contextmanager
+    def _ascent(self, batch: Any, loss_fn: LossFn, params: list[torch.Tensor]) -> Iterator[AscentResult]:
+        module = without_ddp(self.model)
+        head = head_of_batch(batch, self.config.ascent_fraction)
+        stats: RunningStatsSnapshot | None = None
+
+        def gradient() -> tuple[torch.Tensor, list[torch.Tensor]]:
+            nonlocal stats
+            torch.clear_autocast_cache()  # see below: the weights have just changed
+            loss = loss_fn(module, head)
+            if loss.dim() > 0:
+                loss = loss.mean()
+            if stats is None:  # right after the clean pass: later passes must not move the running statistics
+                stats = RunningStatsSnapshot(module)
+            scale = grad_scaler_scale(self.accelerator)
+            scaled = loss if scale is None else loss * scale
+            grads = torch.autograd.grad(scaled, params, allow_unused=True)
+            grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]
+            if scale is not None:
+                torch._foreach_div_(grads, scale)  # an overflow stays inf and is caught as non-finite
+            return loss.detach(), grads
+
+        try:
+            with perturbed_weights(params, gradient, self.config, self._saved_buffers(params)) as result:
+                if result.skipped:
+                    self.skipped += 1
+                    logger.warning(
+                        "AMP: the ascent's loss or gradient was not finite (optimizer step %d); this micro-batch "
+                        "trains at θ (plain ERM). %d such micro-batches so far; a smaller amp_epsilon avoids it.",
+                        self.optimizer_steps,
+                        self.skipped,
+                    )
+                # An autocast region around the whole block (`with accelerator.autocast(), amp.perturbed(batch):`)
+                # caches its low-precision copies of the weights: drop them, or the descent would run at the
+                # copies of θ the clean pass made. The same on the way out, for passes after the block.
+                torch.clear_autocast_cache()
+                yield result
+        finally:
+            torch.clear_autocast_cache()
+            if stats is not None:
+                stats.restore()

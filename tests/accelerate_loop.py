@@ -1,0 +1,50 @@
+"""A custom Accelerate training loop with `amp_hf.AMP`, written as a user would, for `test_loop.py` and `loop_worker.py`.
+
+SGD at a constant rate on batches taken in order, so that `helpers.reference_amp` can replay the same updates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from torch.utils.data import DataLoader
+
+from amp_hf import AMP
+
+
+def train_with_amp(
+    model: torch.nn.Module,
+    data: torch.utils.data.Dataset,
+    accelerator: Accelerator,
+    *,
+    steps: int,
+    batch_size: int = 4,
+    lr: float = 0.1,
+    autocast_around: bool = False,
+    **amp_settings: Any,
+) -> tuple[torch.nn.Module, AMP, list]:
+    """Trains `steps` optimizer steps with AMP; returns the prepared model, the AMP object and every step's result.
+
+    `autocast_around`: the whole step in one `accelerator.autocast()` region, as some loops write it.
+    """
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    loader = DataLoader(data, batch_size=batch_size, shuffle=False)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    amp = AMP(model, accelerator=accelerator, **amp_settings)
+    results = []
+    for batch in loader:
+        with (
+            accelerator.accumulate(model),
+            accelerator.autocast() if autocast_around else contextlib.nullcontext(),
+            amp.perturbed(batch) as result,
+        ):
+            accelerator.backward(model(**batch)["loss"])
+        optimizer.step()
+        optimizer.zero_grad()
+        results.append(result)
+        if amp.optimizer_steps == steps:
+            break
+    return model, amp, results
