@@ -1,4 +1,4 @@
-"""A custom Accelerate training loop with `amp_hf.AMP`, written as a user would, for `test_loop.py` and `loop_worker.py`.
+"""A custom Accelerate training loop with `amp_hf.AMP`, as a user writes it, for `test_loop.py` and `loop_worker.py`.
 
 SGD at a constant rate on batches taken in order, so that `helpers.reference_amp` can replay the same updates.
 """

@@ -196,6 +196,7 @@ def test_interval_start_step_and_off_switch(accelerator_of):
         amp_start_step=1,
     )  # fmt: skip
     assert [r.clean_loss is not None for r in results] == [False, False, True, True, False, False, True, True]
+    assert amp.optimizer_steps == 4
     off, _, results = train_with_amp(TinyClassifier(), data, accelerator_of(), steps=2, amp_inner_steps=0)
     erm = reference_amp(TinyClassifier(), data, steps=2, batch_size=4, inner_steps=0)
     assert all(r.clean_loss is None for r in results)
