@@ -5,7 +5,7 @@ training loops (Accelerate's `*_no_trainer.py` style) use `AMP` (`amp_hf/loop.py
 """
 
 from .config import AMPConfig
-from .loop import AMP
+from .loop import AMP, add_amp_arguments
 from .perturbation import AscentResult, perturbed_weights, project_, save_buffers
 from .process_group import close_process_group
 from .selection import perturbed_parameter_names
@@ -24,6 +24,7 @@ __all__ = [
     "AMPTrainer",
     "AMPTrainingArguments",
     "AscentResult",
+    "add_amp_arguments",
     "close_process_group",
     "perturbed_parameter_names",
     "perturbed_weights",

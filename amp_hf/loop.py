@@ -21,6 +21,10 @@ Per micro-batch, on an AMP step, `perturbed(batch)`:
      descent gradient exactly as they would without AMP (loss scaling, accumulation, DDP's gradient sync);
   3. copies θ back on exit, also when the block raises, and puts BatchNorm running statistics back to their values
      after the clean pass (one update per micro-batch, as in plain training).
+An optimizer step taken inside the block (the Hugging Face `*_no_trainer.py` scripts step inside their
+`accelerator.accumulate` block) is taken from θ: a `torch.optim` step hook puts θ back just before it, and the exit
+then keeps the stepped weights. So adding AMP to such a loop changes one line:
+`with accelerator.accumulate(model):` becomes `with accelerator.accumulate(model), amp.perturbed(batch):`.
 A non-finite ascent (an fp16 overflow) leaves the weights at θ for the block, sets `result.skipped` and logs a
 warning: that micro-batch trains as plain ERM.
 
@@ -30,14 +34,16 @@ accumulation window (`accelerator.sync_gradients` inside `accelerator.accumulate
 
 from __future__ import annotations
 
+import argparse
 import logging
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from types import SimpleNamespace
 from typing import Any
 
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 from . import selection
 from .batch import head_of_batch
@@ -45,6 +51,7 @@ from .config import AMPConfig
 from .perturbation import AscentResult, perturbed_weights, save_buffers
 from .running_stats import RunningStatsSnapshot
 from .sharding import is_partitioned, is_sharded
+from .training_args import AMPArgumentsMixin
 from .wrapped_models import grad_scaler_scale, without_ddp
 
 logger = logging.getLogger(__name__)
@@ -94,6 +101,22 @@ def default_loss(module: torch.nn.Module, batch: Any) -> torch.Tensor:
     return loss
 
 
+def add_amp_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Adds the `--amp_*` flags of `AMPTrainingArguments` (same names, defaults and help) to an argparse parser, for
+    scripts in the Hugging Face `*_no_trainer.py` style; `AMP.from_args(model, args, ...)` reads them back."""
+    group = parser.add_argument_group("AMP (Adversarial Model Perturbation)")
+    defaults = AMPConfig()
+    for spec in fields(AMPArgumentsMixin):
+        default = getattr(defaults, spec.name[len("amp_") :])
+        help_text = spec.metadata.get("help")
+        if isinstance(default, tuple):  # include / exclude: separate words, as with HfArgumentParser
+            group.add_argument(f"--{spec.name}", nargs="+", default=None, help=help_text)
+        else:
+            choices = spec.metadata.get("choices")
+            group.add_argument(f"--{spec.name}", type=type(default), default=default, choices=choices, help=help_text)
+    return parser
+
+
 class AMP:
     """Adversarial Model Perturbation for a custom training loop (see the module docstring for the loop).
 
@@ -122,6 +145,7 @@ class AMP:
         """Optimizer steps taken so far, as counted by `perturbed` (set it when resuming a run)."""
         self.skipped = 0
         """Micro-batches whose ascent was not finite (trained at θ)."""
+        self._window = _MetricsWindow()
         self._saved: tuple[list[int], list[torch.Tensor]] | None = None
         if self.config.enabled:
             self._check_supported()
@@ -133,6 +157,12 @@ class AMP:
             logger.info("%s; settings %s", self.selection.summary(), self.config)
             for problem in self.selection.problems():
                 logger.warning(problem)
+
+    @classmethod
+    def from_args(cls, model: torch.nn.Module, args: Any, *, accelerator: Any = None, **kwargs: Any) -> AMP:
+        """AMP with the `amp_*` attributes of `args` (an argparse namespace from `add_amp_arguments`, or training
+        arguments); missing ones take the defaults."""
+        return cls(model, accelerator=accelerator, config=AMPConfig.from_args(args), **kwargs)
 
     # ------------------------------------------------------------------------------------------------- set-up
     def _check_supported(self) -> None:
@@ -182,16 +212,39 @@ class AMP:
         was not finite and the block ran at θ.
         """
         ends_step = bool(getattr(self.accelerator, "sync_gradients", True))
+        result = AscentResult()
         try:
             params = [p for _, p in self.named_parameters()] if self.config.applies_at(self.optimizer_steps) else []
             if not params:
-                yield AscentResult()
+                yield result
                 return
             with self._ascent(batch, loss_fn or self.loss_fn, params) as result:
                 yield result
         finally:
+            self._window.add(result, ends_step)
             if ends_step:
                 self.optimizer_steps += 1
+
+    def metrics(self) -> dict[str, float]:
+        """AMP's numbers since the last call, for the loop's logger; call it on every process (one reduction).
+
+        `amp_clean_loss`: mean loss at θ of the AMP micro-batches; `amp_delta_norm`: mean ‖Δ‖ of those perturbed;
+        `amp_skipped`: micro-batches whose ascent was not finite; `amp_steps`: optimizer steps with AMP. Sums and
+        counts are over all processes (`amp_steps` per process, as every process takes the same steps).
+        """
+        window, self._window = self._window, _MetricsWindow()
+        device = getattr(self.accelerator, "device", "cpu")
+        totals = torch.stack([torch.as_tensor(x, dtype=torch.float64, device=device) for x in window.values()])
+        if getattr(self.accelerator, "num_processes", 1) > 1:
+            totals = self.accelerator.reduce(totals, reduction="sum")
+        loss_sum, delta_sum, ascents, perturbed, skipped, steps = totals.tolist()
+        processes = max(1, int(getattr(self.accelerator, "num_processes", 1)))
+        return {
+            "amp_clean_loss": loss_sum / ascents if ascents else float("nan"),
+            "amp_delta_norm": delta_sum / perturbed if perturbed else 0.0,
+            "amp_skipped": int(skipped),
+            "amp_steps": round(steps / processes),
+        }
 
     @contextmanager
     def _ascent(self, batch: Any, loss_fn: LossFn, params: list[torch.Tensor]) -> Iterator[AscentResult]:
@@ -216,7 +269,8 @@ class AMP:
             return loss.detach(), grads
 
         try:
-            with perturbed_weights(params, gradient, self.config, self._saved_buffers(params)) as result:
+            saved = self._saved_buffers(params)
+            with perturbed_weights(params, gradient, self.config, saved) as result:
                 if result.skipped:
                     self.skipped += 1
                     logger.warning(
@@ -229,8 +283,62 @@ class AMP:
                 # caches its low-precision copies of the weights: drop them, or the descent would run at the
                 # copies of θ the clean pass made. The same on the way out, for passes after the block.
                 torch.clear_autocast_cache()
-                yield result
+                with _steps_from_theta(result.restore, params, saved):
+                    yield result
         finally:
             torch.clear_autocast_cache()
             if stats is not None:
                 stats.restore()
+
+
+@dataclass
+class _MetricsWindow:
+    """Sums for `AMP.metrics`; device values stay on the device until `metrics` is called (no host sync per step)."""
+
+    loss_sum: torch.Tensor | float = 0.0
+    delta_sum: torch.Tensor | float = 0.0
+    ascents: int = 0
+    perturbed: int = 0
+    skipped: int = 0
+    steps: int = 0
+
+    def add(self, result: AscentResult, ends_step: bool) -> None:
+        if result.clean_loss is None:
+            return
+        self.loss_sum = self.loss_sum + result.clean_loss.double()
+        self.ascents += 1
+        self.steps += int(ends_step)
+        if result.skipped:
+            self.skipped += 1
+        elif result.delta_norm is not None:
+            self.delta_sum = self.delta_sum + result.delta_norm.double()
+            self.perturbed += 1
+
+    def values(self) -> list[torch.Tensor | float]:
+        return [self.loss_sum, self.delta_sum, self.ascents, self.perturbed, self.skipped, self.steps]
+
+
+@contextmanager
+def _steps_from_theta(
+    restore: Callable[[], None], params: list[torch.Tensor], saved: list[torch.Tensor]
+) -> Iterator[None]:
+    """Any `torch.optim` optimizer step inside the block starts from θ, and its result survives the block's exit.
+
+    Before the step, θ is put back (`restore`); after it, the stepped weights are written over the saved θ, so the
+    exit's restore (a copy of the saved values) keeps them. Steps skipped by the GradScaler or by accelerate outside
+    an accumulation boundary call no hook, so the weights stay at θ + Δ and the exit restores θ as usual.
+    """
+
+    def before_step(*_: Any) -> None:
+        restore()
+
+    def after_step(*_: Any) -> None:
+        with torch.no_grad():
+            torch._foreach_copy_(saved, params)
+
+    handles = [register_optimizer_step_pre_hook(before_step), register_optimizer_step_post_hook(after_step)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()

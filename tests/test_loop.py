@@ -5,6 +5,7 @@ Two processes (DDP over gloo) and the no_trainer example on two processes: `loop
 
 from __future__ import annotations
 
+import argparse
 import copy
 import logging
 from pathlib import Path
@@ -27,7 +28,8 @@ from helpers import (
     torchrun_two_processes,
 )
 
-from amp_hf import AMP, AMPConfig
+from amp_hf import AMP, AMPConfig, add_amp_arguments
+from amp_hf.loop import SETTING_NAMES
 
 WORKER = Path(__file__).with_name("loop_worker.py")
 
@@ -46,14 +48,17 @@ def accelerator_of():
     GradientState._reset_state()
 
 
-@pytest.mark.parametrize("norm", ["tensor", "global"])
-@pytest.mark.parametrize("inner_steps", [1, 2])
-def test_loop_with_accumulation_matches_the_reference(accelerator_of, norm, inner_steps):
-    """GA = 2 with `accelerator.accumulate`: each micro-batch its own Δ, to float precision."""
+@pytest.mark.parametrize(("norm", "inner_steps", "step_inside"), [
+    ("tensor", 1, False), ("tensor", 2, False), ("global", 1, False), ("global", 2, False),
+    ("tensor", 1, True), ("global", 2, True),
+])  # fmt: skip
+def test_loop_with_accumulation_matches_the_reference(accelerator_of, norm, inner_steps, step_inside):
+    """GA = 2 with `accelerator.accumulate`: each micro-batch its own Δ, to float precision; the optimizer stepping
+    after the block, or inside it (the no_trainer scripts' shape: the step is then taken from θ)."""
     data = DictDataset(n=32)
     settings = dict(epsilon=0.05, inner_steps=inner_steps, norm=norm)
     trained, amp, results = train_with_amp(
-        TinyClassifier(), data, accelerator_of(gradient_accumulation_steps=2), steps=3,
+        TinyClassifier(), data, accelerator_of(gradient_accumulation_steps=2), steps=3, step_inside=step_inside,
         **{f"amp_{k}": v for k, v in settings.items()},
     )  # fmt: skip
     expected = reference_amp(TinyClassifier(), data, steps=3, batch_size=4, grad_accum=2, **settings)
@@ -150,7 +155,9 @@ def test_fp16_grad_scaler_ascent_is_unscaled(accelerator_of):
     accelerator = accelerator_of()
     accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
     data = DictDataset(n=32)
-    trained, _, results = train_with_amp(TinyClassifier(), data, accelerator, steps=3, amp_epsilon=50.0)
+    trained, _, results = train_with_amp(
+        TinyClassifier(), data, accelerator, steps=3, amp_epsilon=50.0, step_inside=True
+    )
     expected = reference_amp(TinyClassifier(), data, steps=3, batch_size=4, epsilon=50.0)
     assert all(0 < float(r.delta_norm) < 50.0 for r in results)
     assert_params_close(trained, expected)
@@ -159,7 +166,7 @@ def test_fp16_grad_scaler_ascent_is_unscaled(accelerator_of):
     overflowing.scaler = torch.amp.GradScaler("cpu", init_scale=float("inf"))
     model = TinyClassifier()
     before = params_of(model)
-    trained, amp, results = train_with_amp(model, data, overflowing, steps=1, amp_epsilon=50.0)
+    trained, amp, results = train_with_amp(model, data, overflowing, steps=1, amp_epsilon=50.0, step_inside=True)
     assert results[0].skipped and amp.skipped == 1
     assert all(torch.equal(p, before[n]) for n, p in trained.named_parameters())  # the scaler skipped the step
 
@@ -215,6 +222,16 @@ def test_settings_are_validated_like_the_training_arguments(tmp_path):
         AMP(TinyClassifier(), amp_epsilom=0.1)
     amp = AMP(TinyClassifier(), config=AMPConfig(epsilon=0.2, norm="global"), amp_inner_steps=2)
     assert (amp.config.epsilon, amp.config.norm, amp.config.inner_steps) == (0.2, "global", 2)
+
+
+def test_argparse_flags_are_the_training_arguments_fields():
+    parser = add_amp_arguments(argparse.ArgumentParser())
+    args = parser.parse_args("--amp_epsilon 0.1 --amp_norm global --amp_exclude bias LayerNorm".split())
+    amp = AMP.from_args(TinyClassifier(), args)
+    assert amp.config == AMPConfig(epsilon=0.1, norm="global", exclude=("bias", "LayerNorm"))
+    assert {a.dest for a in parser._actions} - {"help"} == set(SETTING_NAMES)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--amp_norm", "ball"])
 
 
 def test_batch_without_loss_fn_and_custom_loss_fn():
