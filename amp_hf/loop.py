@@ -50,9 +50,9 @@ from .batch import head_of_batch
 from .config import AMPConfig
 from .perturbation import AscentResult, perturbed_weights, save_buffers
 from .running_stats import RunningStatsSnapshot
-from .sharding import is_partitioned, is_sharded
+from .sharding import is_partitioned, is_sharded, layout
 from .training_args import AMPArgumentsMixin
-from .wrapped_models import grad_scaler_scale, without_ddp
+from .wrapped_models import fsdp_gradient, grad_scaler_scale, is_fsdp2, without_ddp
 
 logger = logging.getLogger(__name__)
 
@@ -63,8 +63,10 @@ SETTING_NAMES = tuple(f"amp_{f.name}" for f in fields(AMPConfig))
 """The keyword arguments `AMP` takes: the `amp_*` fields of `AMPTrainingArguments`, with the same meaning."""
 
 REFUSED_BACKENDS = {
-    "FSDP": "FSDP shards the parameters, and the custom-loop API does not gather the sharded ascent gradient yet "
-    "(AMPTrainer supports FSDP2)",
+    "FSDP": "only FSDP2 (`fully_shard`, accelerate's fsdp_version 2) without CPU offload is supported; FSDP1's flat "
+    "parameters hide the tensors, and offloaded shards are not verified",
+    "TENSOR_PARALLEL": "DTensor parameters in a model that is not an FSDP2 module (tensor parallelism?) are not split "
+    "over one group the way the whole-tensor norms need",
     "DEEPSPEED": "accelerate's backward steps DeepSpeed's optimizer inside it, which under AMP would step at θ + Δ, "
     "and the custom-loop API does not hold that step back yet (AMPTrainer supports ZeRO 1-3)",
     "MEGATRON_LM": "Megatron-LM's model and tensor parallelism hide the whole parameter tensors",
@@ -166,16 +168,20 @@ class AMP:
 
     # ------------------------------------------------------------------------------------------------- set-up
     def _check_supported(self) -> None:
+        """Refuses the set-ups the custom-loop glue does not handle, before anything trains."""
         kind = getattr(getattr(self.accelerator, "distributed_type", None), "name", None)
         module = without_ddp(self.model)
-        if kind not in REFUSED_BACKENDS:
-            kind = "DEEPSPEED" if type(module).__name__ == "DeepSpeedEngine" else kind
-        if kind not in REFUSED_BACKENDS and any(is_sharded(p) or is_partitioned(p) for p in module.parameters()):
-            kind = "FSDP"
+        if kind == "FSDP" and _fsdp2_plugin_without_offload(self.accelerator):
+            kind = None
+        if type(module).__name__ == "DeepSpeedEngine" or any(is_partitioned(p) for p in module.parameters()):
+            kind = "DEEPSPEED"
+        elif any(is_sharded(p) for p in module.parameters()) and not is_fsdp2(module):
+            kind = "TENSOR_PARALLEL"
         if kind in REFUSED_BACKENDS:
             raise ValueError(
-                f"amp_hf.AMP does not support {kind} in a custom loop: {REFUSED_BACKENDS[kind]}. Use DDP or one "
-                "process, or AMPTrainer, or set amp_inner_steps=0 / amp_epsilon=0 for plain training."
+                f"amp_hf.AMP does not support {kind} in a custom loop: {REFUSED_BACKENDS[kind]}. Use DDP, FSDP2 "
+                "or one process (AMPTrainer for DeepSpeed), or set amp_inner_steps=0 / amp_epsilon=0 for plain "
+                "training."
             )
 
     def _named_module(self) -> torch.nn.Module:
@@ -252,6 +258,13 @@ class AMP:
         head = head_of_batch(batch, self.config.ascent_fraction)
         stats: RunningStatsSnapshot | None = None
 
+        sharded = is_fsdp2(module)
+        if sharded:
+            # FSDP2: the ascent's gradient reaches the shards only through a reduce-scatter, so every pass of an AMP
+            # micro-batch syncs, the descent too (it accumulates into the sharded `.grad`, not an unsharded buffer);
+            # accelerate's `accumulate` turns sync back to its own setting when it exits, as it always does.
+            module.set_requires_gradient_sync(True)
+
         def gradient() -> tuple[torch.Tensor, list[torch.Tensor]]:
             nonlocal stats
             torch.clear_autocast_cache()  # see below: the weights have just changed
@@ -262,7 +275,10 @@ class AMP:
                 stats = RunningStatsSnapshot(module)
             scale = grad_scaler_scale(self.accelerator)
             scaled = loss if scale is None else loss * scale
-            grads = torch.autograd.grad(scaled, params, allow_unused=True)
+            if sharded:  # the gradient averaged over the processes, as AMPTrainer's under FSDP2
+                grads = fsdp_gradient(module, scaled, params)
+            else:
+                grads = torch.autograd.grad(scaled, params, allow_unused=True)
             grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]
             if scale is not None:
                 torch._foreach_div_(grads, scale)  # an overflow stays inf and is caught as non-finite
@@ -283,12 +299,19 @@ class AMP:
                 # caches its low-precision copies of the weights: drop them, or the descent would run at the
                 # copies of θ the clean pass made. The same on the way out, for passes after the block.
                 torch.clear_autocast_cache()
-                with _steps_from_theta(result.restore, params, saved):
+                with _steps_from_theta(result.restore, layout(params).local, saved):
                     yield result
         finally:
             torch.clear_autocast_cache()
             if stats is not None:
                 stats.restore()
+
+
+def _fsdp2_plugin_without_offload(accelerator: Any) -> bool:
+    """Whether accelerate's FSDP plugin asks for FSDP2 without parameter offload (what AMPTrainer accepts too)."""
+    plugin = getattr(getattr(accelerator, "state", None), "fsdp_plugin", None)
+    offload = getattr(plugin, "cpu_offload", None)
+    return getattr(plugin, "fsdp_version", 1) == 2 and type(offload).__name__ != "CPUOffloadPolicy"
 
 
 @dataclass

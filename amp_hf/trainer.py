@@ -51,7 +51,9 @@ from .config import AMPConfig
 from .perturbation import AscentResult, on_every_process, perturbed_weights, save_buffers
 from .running_stats import RunningStatsSnapshot
 from .sharding import is_partitioned, is_sharded, layout
+from .wrapped_models import fsdp_gradient as _fsdp_gradient
 from .wrapped_models import grad_scaler_scale
+from .wrapped_models import is_fsdp2 as _is_fsdp2
 from .wrapped_models import without_ddp as _without_ddp
 
 logger = logging.getLogger(__name__)
@@ -466,32 +468,6 @@ class _MetricsWindow:
     perturbed: int = 0
     skipped: int = 0
     last_step: int | None = None
-
-
-def _is_fsdp2(model: torch.nn.Module) -> bool:
-    return FSDPModule is not None and isinstance(model, FSDPModule)
-
-
-def _fsdp_gradient(model: torch.nn.Module, loss: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tensor | None]:
-    """∇loss for FSDP2's sharded `params`, averaged over the processes, leaving every `.grad` as it was.
-
-    `torch.autograd.grad` cannot be used: the forward ran on all-gathered copies, so the sharded parameters are not in
-    the graph (it would report them unused, and zeros would perturb nothing). The gradient reaches the shards only
-    through FSDP's post-backward reduce-scatter into `.grad`. So: move every trainable parameter's `.grad` (the
-    micro-batches accumulated so far) aside, run a real backward, take the fresh sharded gradients and put the old
-    `.grad` back: a swap of references, no copy.
-    """
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    kept = [p.grad for p in trainable]
-    for p in trainable:
-        p.grad = None
-    try:
-        loss.backward()
-        fresh = [p.grad for p in params]
-    finally:
-        for p, grad in zip(trainable, kept):
-            p.grad = grad
-    return fresh
 
 
 class AMPTrainer(AMPMixin, Trainer):

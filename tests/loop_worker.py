@@ -8,7 +8,11 @@ Checks `amp_hf.AMP` in a custom Accelerate loop (`accelerate_loop.py`), in one l
   3. the ascent on half of each process's micro-batch (`amp_ascent_fraction`);
   4. per optimizer step, AMP makes exactly as many gradient all-reduces and passes through the DDP wrapper as the
      same loop without AMP: the ascent passes communicate nothing;
-  5. examples/text_classification_no_trainer.py on MiniLM-L6 and Rotten Tomatoes trains with AMP on both ranks.
+  5. FSDP2 (`fully_shard`, three FSDP units, uneven shards), in a plain PyTorch loop: the weights of one process
+     running AMP on both ranks' micro-batches together (the ascent uses the gradient averaged over the processes, as
+     AMPTrainer's under FSDP2): tensor ball K = 1 with the step inside the block, global ball K = 2 with 2 micro-batches
+     accumulated;
+  6. examples/text_classification_no_trainer.py on MiniLM-L6 and Rotten Tomatoes trains with AMP on both ranks.
 """
 
 from __future__ import annotations
@@ -22,9 +26,11 @@ import torch.distributed as dist
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
-from amp_hf import close_process_group
+from amp_hf import AMP, close_process_group
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -76,6 +82,37 @@ def assert_close_to(model, expected, what: str) -> None:
     print(f"rank {dist.get_rank()}: {what} == reference, ranks identical", flush=True)
 
 
+def check_fsdp2(data: DictDataset, norm: str, inner_steps: int, accumulate: int) -> None:
+    """AMP in a plain loop over an FSDP2 model: rank r trains on half r of each global micro-batch of 2·BATCH rows."""
+    model = TinyClassifier(n_in=6, n_hidden=5, n_out=3)  # 5 and 3 rows split unevenly over 2 ranks
+    fully_shard(model.fc1)
+    fully_shard(model.fc2)
+    fully_shard(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    amp = AMP(model, amp_epsilon=0.05, amp_norm=norm, amp_inner_steps=inner_steps)
+    rank, micro = dist.get_rank(), 0
+    for _ in range(STEPS):
+        for j in range(accumulate):
+            rows = slice(micro * 2 * BATCH + rank * BATCH, micro * 2 * BATCH + (rank + 1) * BATCH)
+            batch = {"x": data.x[rows], "labels": data.y[rows]}
+            micro += 1
+            with amp.perturbed(batch) as result:
+                (model(**batch)["loss"] / accumulate).backward()
+                if j == accumulate - 1:
+                    optimizer.step()
+                    optimizer.zero_grad()
+            assert float(result.delta_norm) > 0
+    expected = reference_amp(
+        TinyClassifier(n_in=6, n_hidden=5, n_out=3), data, steps=STEPS, batch_size=2 * BATCH, grad_accum=accumulate,
+        epsilon=0.05, norm=norm, inner_steps=inner_steps,
+    )  # fmt: skip
+    what = f"FSDP2, {norm} ball, K = {inner_steps}, GA {accumulate}"
+    for (name, p), (_, e) in zip(model.named_parameters(), expected.named_parameters()):
+        assert isinstance(p, DTensor), name
+        torch.testing.assert_close(p.full_tensor(), e, atol=2e-6, rtol=1e-5, msg=lambda m, n=name: f"{what}, {n}: {m}")
+    print(f"rank {rank}: {what} == reference", flush=True)
+
+
 def main() -> None:
     data = DictDataset(n=64)
 
@@ -111,6 +148,9 @@ def main() -> None:
         seen[name] = dict(counts)
     assert seen["AMP"] == seen["ERM"] == {"allreduce": STEPS, "ddp_forward": 2 * STEPS}, seen
     print(f"rank {rank}: communication AMP {seen['AMP']} == ERM {seen['ERM']}", flush=True)
+
+    for norm, inner_steps, accumulate in (("tensor", 1, 1), ("global", 2, 2)):
+        check_fsdp2(data, norm, inner_steps, accumulate)
 
     import text_classification_no_trainer as example
 

@@ -27,6 +27,7 @@ from helpers import (
     tiny_args,
     torchrun_two_processes,
 )
+from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy
 
 from amp_hf import AMP, AMPConfig, add_amp_arguments
 from amp_hf.loop import SETTING_NAMES
@@ -253,9 +254,23 @@ def test_unsupported_backends_are_refused_by_name(kind):
     AMP(TinyClassifier(), accelerator=accelerator, amp_epsilon=0.0)  # plain training is not refused
 
 
-def test_two_processes_match_the_reference_and_the_no_trainer_example_runs():
+def test_fsdp2_plugin_is_accepted_and_fsdp1_or_offload_refused():
+    AMP(TinyClassifier(), accelerator=pretend_fsdp(fsdp_version=2, cpu_offload=OffloadPolicy()))
+    for plugin in (dict(fsdp_version=1), dict(fsdp_version=2, cpu_offload=CPUOffloadPolicy())):
+        with pytest.raises(ValueError, match=r"only FSDP2 .* without CPU offload is supported"):
+            AMP(TinyClassifier(), accelerator=pretend_fsdp(**plugin))
+
+
+def pretend_fsdp(**plugin) -> SimpleNamespace:
+    """An accelerator that reports FSDP with a plugin of these fields (no process group, nothing sharded)."""
+    return SimpleNamespace(
+        distributed_type=DistributedType.FSDP, state=SimpleNamespace(fsdp_plugin=SimpleNamespace(**plugin))
+    )
+
+
+def test_two_processes_ddp_and_fsdp2_match_the_reference_and_the_no_trainer_example_runs():
     done = torchrun_two_processes(str(WORKER), timeout=600)
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     assert done.stdout.count("ALL OK") == 2
-    assert done.stdout.count("== reference") == 6
+    assert done.stdout.count("== reference") == 10
     assert "communication AMP {'allreduce': 3, 'ddp_forward': 6} == ERM" in done.stdout
