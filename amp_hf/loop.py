@@ -30,6 +30,11 @@ warning: that micro-batch trains as plain ERM.
 
 Optimizer steps are counted by this object, for `amp_interval` and `amp_start_step`: the micro-batch that ends an
 accumulation window (`accelerator.sync_gradients` inside `accelerator.accumulate`) ends a step.
+
+Under FSDP2 (`fully_shard`) the ascent's gradient is the average over the processes, as in AMPTrainer (`trainer.py`
+says why); DeepSpeed, FSDP1 and offloaded FSDP2 are refused when `AMP` is built (`REFUSED_BACKENDS`).
+Presets: settings are resolved in one place, `config_from_settings`, where a named preset would slot in under the
+explicit `amp_*` keywords.
 """
 
 from __future__ import annotations
