@@ -6,7 +6,8 @@ The loop is written the way the Hugging Face `*_no_trainer.py` examples write th
 all-MiniLM-L6-v2 on Rotten Tomatoes snippets (as examples/text_classification.py), 90/10 train/validation split.
 
     python examples/text_classification_no_trainer.py --output_dir out/nt --amp_epsilon 0.05 --amp_norm global
-    accelerate launch --num_processes 2 --cpu examples/text_classification_no_trainer.py --output_dir out/nt
+    accelerate launch --config_file examples/accelerate/ddp_cpu.yaml examples/text_classification_no_trainer.py \
+        --cpu --output_dir out/nt                    # 2 CPU processes (DDP over gloo); without --cpu: the GPUs
     python examples/text_classification_no_trainer.py --output_dir out/nt --amp_inner_steps 0   # plain ERM
     python examples/text_classification_no_trainer.py --output_dir out/nt --train_file train.csv \\
         --validation_file val.csv --text_column sentence --label_column label --model_name_or_path bert-base-uncased
