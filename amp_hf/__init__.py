@@ -1,9 +1,11 @@
 """amp_hf: Adversarial Model Perturbation (Zheng, Zhang, Mao, CVPR 2021) for the Hugging Face Trainer.
 
-Swap `Trainer` for `AMPTrainer` and `TrainingArguments` for `AMPTrainingArguments`; nothing else changes.
+Swap `Trainer` for `AMPTrainer` and `TrainingArguments` for `AMPTrainingArguments`; nothing else changes. Custom
+training loops (Accelerate's `*_no_trainer.py` style) use `AMP` (`amp_hf/loop.py`, docs/custom-loops.md).
 """
 
 from .config import AMPConfig
+from .loop import AMP, add_amp_arguments
 from .perturbation import AscentResult, perturbed_weights, project_, save_buffers
 from .process_group import close_process_group
 from .selection import perturbed_parameter_names
@@ -13,6 +15,7 @@ from .training_args import AMPArgumentsMixin, AMPSeq2SeqTrainingArguments, AMPTr
 __version__ = "0.1.0"
 
 __all__ = [
+    "AMP",
     "AMPArgumentsMixin",
     "AMPConfig",
     "AMPMixin",
@@ -21,6 +24,7 @@ __all__ = [
     "AMPTrainer",
     "AMPTrainingArguments",
     "AscentResult",
+    "add_amp_arguments",
     "close_process_group",
     "perturbed_parameter_names",
     "perturbed_weights",

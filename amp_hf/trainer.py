@@ -48,8 +48,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel
 from torch.profiler import record_function
 from transformers import Seq2SeqTrainer, Trainer
 
@@ -64,6 +62,15 @@ from .config import AMPConfig
 from .perturbation import AscentResult, on_every_process, perturbed_weights, save_buffers
 from .running_stats import RunningStatsSnapshot
 from .sharding import is_partitioned, is_sharded, layout
+from .wrapped_models import (
+    grad_scaler_scale,
+    gradient_by_backward,
+    has_reentrant_checkpoint,
+    reshard,
+    world_if_distributed,
+)
+from .wrapped_models import is_fsdp2 as _is_fsdp2
+from .wrapped_models import without_ddp as _without_ddp
 
 logger = logging.getLogger(__name__)
 
@@ -300,7 +307,7 @@ class AMPMixin:
             # keeps the root's gathered after its forward (an evaluation leaves them so too): reshard first, so that
             # the parameters listed here, the ones AMP perturbs and the ones whose `.grad` the ascent moves aside,
             # are the shards, before any forward of this micro-batch.
-            _reshard(ascent_model)
+            reshard(ascent_model)
             sharded_trainable = [p for p in ascent_model.parameters() if p.requires_grad]
         params = [p for _, p in self.amp_parameters(model)]
         if not params:
@@ -334,7 +341,7 @@ class AMPMixin:
             with (
                 deepspeed_engine.deferred_step(engine),  # DeepSpeed steps inside backward: only once θ is back
                 perturbed_weights(
-                    params, ascent_gradient, self.amp_config, self._amp_saved_buffers(params), _world_if_distributed()
+                    params, ascent_gradient, self.amp_config, self._amp_saved_buffers(params), world_if_distributed()
                 ) as ascent,
                 record_function("amp.descent_pass"),
             ):
@@ -377,7 +384,7 @@ class AMPMixin:
                 del result, loss  # the graph at θ + Δ is never back-propagated
                 descent.ascent.restore()
                 if descent.fsdp_root is not None:
-                    _reshard(descent.fsdp_root)
+                    reshard(descent.fsdp_root)
                 return compute_loss(*retry_args, **retry_kwargs)
             descent.perturbed_loss = loss.detach()
             loss = descent.clean.to(loss.dtype).reshape(loss.shape) + (loss - loss.detach())
@@ -427,11 +434,11 @@ class AMPMixin:
         wrt = [*params, count] if count is not None else params
         if _is_fsdp2(model):
             trainable = [p for p in model.parameters() if p.requires_grad]
-            grads = _gradient_by_backward(trainable if sharded_trainable is None else sharded_trainable, scaled, wrt)
+            grads = gradient_by_backward(trainable if sharded_trainable is None else sharded_trainable, scaled, wrt)
         elif self._amp_reentrant_checkpointing(model, scaled):
             if deepspeed_engine.engine_of(self.model_wrapped) is not None:
                 raise ValueError(_REENTRANT_UNDER_DEEPSPEED)
-            grads = _gradient_by_backward([p for p in model.parameters() if p.requires_grad], scaled, wrt)
+            grads = gradient_by_backward([p for p in model.parameters() if p.requires_grad], scaled, wrt)
         elif any(is_partitioned(p) for p in params):
             grads = deepspeed_engine.zero3_gradient(deepspeed_engine.engine_of(self.model_wrapped), scaled, wrt)
         else:
@@ -462,7 +469,7 @@ class AMPMixin:
         holds however checkpointing was turned on (the Trainer's argument, the model's method, a custom module);
         walked once per model and `train()` (a BERT-base graph without checkpoints, ~950 nodes, takes ~1 ms)."""
         if self._amp_reentrant is None or self._amp_reentrant[0] != id(model):
-            self._amp_reentrant = (id(model), _has_reentrant_checkpoint(loss))
+            self._amp_reentrant = (id(model), has_reentrant_checkpoint(loss))
         return self._amp_reentrant[1]
 
     def _amp_ascent_loss(
@@ -493,10 +500,7 @@ class AMPMixin:
         engine = deepspeed_engine.engine_of(self.model_wrapped)
         if engine is not None:
             return deepspeed_engine.loss_scale(engine)
-        scaler = getattr(self.accelerator, "scaler", None)
-        if scaler is None or not scaler.is_enabled():
-            return None
-        return float(scaler.get_scale())
+        return grad_scaler_scale(self.accelerator)
 
     def _local_item_count(self, inputs: dict[str, Any]) -> torch.Tensor | None:
         """Items of this micro-batch, counted as `Trainer._get_num_items_in_batch` counts them, without a gather."""
@@ -591,73 +595,6 @@ class _MetricsWindow:
     perturbed: int = 0
     skipped: int = 0
     last_step: int | None = None
-
-
-def _without_ddp(model: torch.nn.Module) -> torch.nn.Module:
-    """The module inside a DDP wrapper: its forward runs no buffer broadcast and arms no gradient all-reduce."""
-    return model.module if isinstance(model, DistributedDataParallel) else model
-
-
-def _is_fsdp2(model: torch.nn.Module) -> bool:
-    return FSDPModule is not None and isinstance(model, FSDPModule)
-
-
-def _reshard(root: torch.nn.Module) -> None:
-    """Frees the all-gathered weights of every FSDP2 module under `root` (`FSDPModule.reshard`, public API), so the
-    next forward gathers them from the shards. FSDP2 keeps the root module's gathered weights after its forward (the
-    backward needs them at once) and skips the all-gather of a module that is still unsharded: without this, a
-    forward after θ was written back into the shards would still run on the gathered θ + Δ."""
-    for module in root.modules():
-        if isinstance(module, FSDPModule):
-            module.reshard()
-
-
-def _world_if_distributed() -> dist.ProcessGroup | None:
-    """The whole world when the run is distributed (every process must take AMP's decisions together), else None."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        return dist.group.WORLD
-    return None
-
-
-def _has_reentrant_checkpoint(loss: torch.Tensor) -> bool:
-    """Whether a reentrant checkpoint's backward node (`CheckpointFunctionBackward`) is in the graph behind `loss`."""
-    stack, seen = [loss.grad_fn], set()
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        if node.name() == "CheckpointFunctionBackward":
-            return True
-        seen.add(node)
-        stack.extend(following for following, _ in node.next_functions)
-    return False
-
-
-def _gradient_by_backward(
-    trainable: list[torch.Tensor], loss: torch.Tensor, params: list[torch.Tensor]
-) -> list[torch.Tensor | None]:
-    """∇loss for `params` by a real backward, leaving the `.grad` of every `trainable` tensor as it was (under FSDP2,
-    the shards: see `AMPMixin._amp_ascent_gradient`). Two cases need it:
-
-    - FSDP2: `torch.autograd.grad` cannot reach the sharded parameters, because the forward ran on all-gathered
-      copies (it would report them unused, and zeros would perturb nothing); the gradient reaches the shards only
-      through FSDP's post-backward reduce-scatter into `.grad`, averaged over the processes;
-    - reentrant gradient checkpointing: the checkpoint's backward recomputes its segment and back-propagates it with
-      a nested `backward`, which accumulates into `.grad` and refuses `torch.autograd.grad`.
-    So: move every trainable parameter's `.grad` (the micro-batches accumulated so far) aside, run a real backward,
-    take the fresh gradients and put the old `.grad` back: a swap of references, no copy. (Under DDP the loss comes
-    from the module inside the wrapper, whose gradient hooks are idle outside a DDP forward: nothing is communicated.)
-    """
-    kept = [p.grad for p in trainable]
-    for p in trainable:
-        p.grad = None
-    try:
-        loss.backward()
-        fresh = [p.grad for p in params]
-    finally:
-        for p, grad in zip(trainable, kept):
-            p.grad = grad
-    return fresh
 
 
 class AMPTrainer(AMPMixin, Trainer):
