@@ -31,8 +31,12 @@ from transformers import (
     ResNetForImageClassification,
     ViTConfig,
     ViTForImageClassification,
-    ViTImageProcessorPil,
 )
+
+try:  # transformers 5 names the PIL/NumPy processor ViTImageProcessorPil; in 4.x that one is ViTImageProcessor
+    from transformers import ViTImageProcessorPil
+except ImportError:  # transformers 4.57
+    from transformers import ViTImageProcessor as ViTImageProcessorPil
 
 from amp_hf import close_process_group
 

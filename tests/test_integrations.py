@@ -19,10 +19,10 @@ from helpers import (
 
 from amp_hf import AMPTrainer, AMPTrainingArguments
 
-peft = pytest.importorskip("peft", reason="PEFT is an optional extra: pip install 'amp-hf[trl]'")
-
 
 def test_lora_perturbs_only_the_adapters(tmp_path):
+    # here, not at module level, where it skipped the gradient-checkpointing and torch.compile tests too
+    peft = pytest.importorskip("peft", reason="PEFT is an optional extra: pip install 'amp-hf[trl]'")
     model = peft.get_peft_model(
         tiny_bert(), peft.LoraConfig(r=4, target_modules=["query", "value"], task_type="SEQ_CLS")
     )
