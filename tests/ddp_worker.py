@@ -139,6 +139,7 @@ def main() -> None:
         TinyClassifier(), data, steps=STEPS, batch_size=BATCH, grad_accum=2, epsilon=0.05, ascent_fraction=0.5
     )
     assert_close_to(amp_head.model, expected_head, "ascent on half of each process's micro-batch")
+    assert_params_far(amp_head.model, expected, what="the head's ascent vs the whole micro-batch's")
     assert_ranks_identical(amp_head.model)
     print(f"rank {dist.get_rank()}: ascent fraction DDP == reference", flush=True)
 

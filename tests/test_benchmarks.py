@@ -80,8 +80,10 @@ def test_quick_study_runs_end_to_end(tmp_path):
     assert report["runs_trained"] == len(report["runs"]) > 0  # a fresh cache: this invocation trained every run
     task = report["tasks"]["cnn"]
     assert task["recommended"] in task["methods"]
-    for method in task["methods"].values():
-        assert 0.0 <= method["test_error_mean"] <= 1.0
+    for label, method in task["methods"].items():  # each mean is that of its own runs' test errors
+        runs = {run["test_error"] for run in report["runs"] if run["label"] == label}
+        assert method["test_errors"] and set(method["test_errors"]) <= runs, (label, method["test_errors"], runs)
+        assert method["test_error_mean"] == pytest.approx(sum(method["test_errors"]) / len(method["test_errors"]))
     labels = {run["label"] for run in report["runs"]}
     assert "ERM" in labels and any(", every 4" in label for label in labels)
     errors = {run["label"]: run["test_error"] for run in report["runs"]}
