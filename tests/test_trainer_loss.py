@@ -28,6 +28,8 @@ from helpers import (
 )
 from torch import nn
 
+from amp_hf.trainer_versions import TRAINER_4X
+
 TINY_BALL = 1e-30  # θ + Δ == θ in float32: both runs see the same weights at every step
 
 
@@ -131,7 +133,8 @@ def test_bert_with_accumulation_logs_the_trainers_loss(tmp_path):
     erm = SequentialTrainer(model=tiny_bert(), args=tiny_args(tmp_path / "e", **common), train_dataset=text_data())
     amp.train()
     erm.train()
-    assert amp.model_accepts_loss_kwargs
+    # 5.x's BERT accepts loss kwargs (the Trainer then does not divide its mean by the accumulation); 4.57's does not
+    assert amp.model_accepts_loss_kwargs == (not TRAINER_4X)
     assert logged(amp) == pytest.approx(logged(erm), rel=1e-5)
     amp_logs = [e for e in amp.state.log_history if "loss" in e]
     assert [e["amp_loss"] for e in amp_logs] == pytest.approx(logged(erm), rel=1e-5)
