@@ -12,6 +12,19 @@ os.environ.setdefault("WANDB_DISABLED", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(autouse=True)
+def _accelerate_environment_restored():
+    """transformers 4.57's TrainingArguments writes settings into os.environ (ACCELERATE_MIXED_PRECISION for bf16,
+    ACCELERATE_DYNAMO_BACKEND for torch_compile), where every later Trainer of the process and every torchrun child
+    would read them: a bf16 test turned the next DDP test's runs into bf16 runs. Each test gets the session's."""
+    saved = {key: value for key, value in os.environ.items() if key.startswith("ACCELERATE_")}
+    yield
+    for key in [key for key in os.environ if key.startswith("ACCELERATE_")]:
+        if key not in saved:
+            del os.environ[key]
+    os.environ.update(saved)
+
+
 def _in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 

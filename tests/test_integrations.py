@@ -125,10 +125,7 @@ def test_gradient_checkpointing_gives_the_same_update(tmp_path):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=name)
 
 
-def test_torch_compile_matches_reference(tmp_path, monkeypatch):
-    # transformers 4.57's TrainingArguments(torch_compile=True) sets ACCELERATE_DYNAMO_BACKEND in os.environ, which
-    # would compile every later Trainer of this process (and its torchrun children): monkeypatch restores it
-    monkeypatch.setenv("ACCELERATE_DYNAMO_BACKEND", "NO")
+def test_torch_compile_matches_reference(tmp_path):
     data = DictDataset()
     trainer = SequentialAMPTrainer(
         model=TinyClassifier(), args=tiny_args(tmp_path, torch_compile=True, amp_epsilon=0.05), train_dataset=data
