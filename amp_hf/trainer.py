@@ -56,7 +56,7 @@ try:  # public since torch 2.6; builds without distributed support have no FSDP2
 except ImportError:  # pragma: no cover - depends on the torch build
     CPUOffloadPolicy = FSDPModule = None
 
-from . import deepspeed_engine, selection
+from . import deepspeed_engine, selection, trainer_versions
 from .batch import head_of_batch
 from .config import AMPConfig
 from .perturbation import AscentResult, on_every_process, perturbed_weights, save_buffers
@@ -484,15 +484,8 @@ class AMPMixin:
     def _amp_process_factor(self) -> int:
         """What `Trainer.compute_loss` multiplies a count-normalised loss by when it averages tokens across devices
         (the process count, so that DDP's gradient averaging leaves a sum over the window's tokens): divided out of
-        the ascent, whose mean loss is the process's own."""
-        if not self.args.average_tokens_across_devices:
-            return 1
-        if not (self.model_accepts_loss_kwargs or self.compute_loss_func is not None):
-            return 1
-        if self.args.n_gpu > 1:
-            return self.args.n_gpu
-        tp_size = self.get_tp_size() if hasattr(self, "get_tp_size") else 1
-        return max(1, self.accelerator.num_processes // tp_size)
+        the ascent, whose mean loss is the process's own. It differs by transformers release (`trainer_versions`)."""
+        return trainer_versions.process_factor(self)
 
     def _amp_loss_scale(self) -> float | None:
         """The fp16 GradScaler's current scale, read without `unscale_` (accelerate unscales once, when clipping), or
@@ -503,13 +496,9 @@ class AMPMixin:
         return grad_scaler_scale(self.accelerator)
 
     def _local_item_count(self, inputs: dict[str, Any]) -> torch.Tensor | None:
-        """Items of this micro-batch, counted as `Trainer._get_num_items_in_batch` counts them, without a gather."""
-        if "shift_labels" in inputs:
-            labels = inputs["shift_labels"]
-        elif "labels" in inputs:
-            labels = inputs["labels"][..., 1:] if getattr(self, "_loss_shifts_labels", False) else inputs["labels"]
-        else:
-            return None
+        """Items of this micro-batch, counted as `Trainer._get_num_items_in_batch` counts them (which labels it counts
+        depends on the transformers release: `trainer_versions`), without a gather."""
+        labels = trainer_versions.counted_labels(self, inputs)
         if not torch.is_tensor(labels):
             return None
         return labels.ne(-100).sum().to(self.args.device)
@@ -560,7 +549,8 @@ class AMPMixin:
             totals = self.accelerator.reduce(torch.cat([sums, counts]), reduction="sum").tolist()
             loss_sum, delta_sum, steps, perturbed, skipped = totals
             processes = max(1, self.accelerator.num_processes)
-            logs["amp_loss"] = loss_sum / steps if steps > 0 else logs["loss"]
+            # with the precision of the Trainer's own `loss` (4.x rounds it): the two keys compare as equals
+            logs["amp_loss"] = trainer_versions.as_logged(loss_sum / steps) if steps > 0 else logs["loss"]
             logs["amp_delta_norm"] = delta_sum / perturbed if perturbed > 0 else 0.0
             logs["amp_skipped"] = int(skipped)
             logs["amp_steps"] = round(steps / processes)

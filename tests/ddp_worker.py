@@ -2,10 +2,13 @@
 
 Checks, in one launch (a process launch costs ~10 s of imports):
   1. two processes with batch b each give the weights of one process accumulating two micro-batches of b, each with
-     its own perturbation (the plain-PyTorch reference), and every rank ends bit-identical;
+     its own perturbation (the plain-PyTorch reference), not those of one Δ from the averaged gradient (one process on
+     the batch of 2b), and every rank ends bit-identical;
   2. per optimizer step, AMP makes exactly as many gradient all-reduces and passes through the DDP wrapper (where
      buffer broadcasts happen) as the plain Trainer: the ascent passes communicate nothing;
-  3. a token-normalised loss with `average_tokens_across_devices` does not change the ascent's scale;
+  3. a token-normalised loss with `average_tokens_across_devices` does not change the ascent's scale: with a ball
+     that does not bind, the reference matches and the references whose ascent is scaled by 1/2 or 2 (the process
+     factor left in, the window's count) do not;
   4. the ascent on half of each process's micro-batch (`amp_ascent_fraction`) matches the reference;
   5. at θ + Δ == θ (ε = 1e-30) the logged `loss` and `amp_loss` equal the plain Trainer's `loss`, for a model that
      honours `num_items_in_batch` and one that accepts it but averages itself (BERT's case: it logged half);
@@ -37,6 +40,7 @@ from amp_hf import close_process_group
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from edge_models import OverflowsOnRank, ReentrantCheckpointed
 from helpers import (
+    FREE_BALL,
     DictDataset,
     MeanLossWithKwargs,
     OverflowsWhenPushed,
@@ -44,6 +48,8 @@ from helpers import (
     SequentialTrainer,
     TinyClassifier,
     TokenNormalisedClassifier,
+    assert_only_the_right_scale_matches,
+    assert_params_far,
     reference_amp,
     tiny_args,
 )
@@ -129,6 +135,8 @@ def main() -> None:
     assert dist.get_world_size() == 2 and amp.args.world_size == 2
     expected = reference_amp(TinyClassifier(), data, steps=STEPS, batch_size=BATCH, grad_accum=2, epsilon=0.05)
     assert_close_to(amp.model, expected, "2 processes vs 1 process accumulating 2 micro-batches")
+    one_delta = reference_amp(TinyClassifier(), data, steps=STEPS, batch_size=2 * BATCH, epsilon=0.05)
+    assert_params_far(amp.model, one_delta, what="one Δ per process vs one Δ of the averaged gradient")
     assert_ranks_identical(amp.model)
     print(f"rank {dist.get_rank()}: DDP == accumulated reference, ranks identical", flush=True)
 
@@ -138,13 +146,16 @@ def main() -> None:
     print(f"rank {dist.get_rank()}: communication per step AMP {amp_counts} == ERM {erm_counts}", flush=True)
 
     tokens = DictDataset(n=64, ignored_every=3)
-    amp_tok, _ = run(SequentialAMPTrainer, TokenNormalisedClassifier(), tokens, out, amp_epsilon=0.05)
+    amp_tok, _ = run(SequentialAMPTrainer, TokenNormalisedClassifier(), tokens, out, amp_epsilon=FREE_BALL)
     assert amp_tok.model_accepts_loss_kwargs and amp_tok.args.average_tokens_across_devices
-    expected_tok = reference_amp(
-        TokenNormalisedClassifier(), tokens, steps=STEPS, batch_size=BATCH, grad_accum=2, epsilon=0.05,
-        token_normalised=True,
+    assert amp_tok._amp_process_factor() == 2  # the factor the Trainer applied, which the ascent divides out
+    assert_only_the_right_scale_matches(
+        amp_tok.model,
+        lambda inner_lr: reference_amp(
+            TokenNormalisedClassifier(), tokens, steps=STEPS, batch_size=BATCH, grad_accum=2, epsilon=FREE_BALL,
+            inner_lr=inner_lr, token_normalised=True,
+        ),
     )  # fmt: skip
-    assert_close_to(amp_tok.model, expected_tok, "token-normalised loss across devices")
     assert_ranks_identical(amp_tok.model)
     print(f"rank {dist.get_rank()}: token-normalised DDP == reference", flush=True)
 
@@ -153,6 +164,7 @@ def main() -> None:
         TinyClassifier(), data, steps=STEPS, batch_size=BATCH, grad_accum=2, epsilon=0.05, ascent_fraction=0.5
     )
     assert_close_to(amp_head.model, expected_head, "ascent on half of each process's micro-batch")
+    assert_params_far(amp_head.model, expected, what="the head's ascent vs the whole micro-batch's")
     assert_ranks_identical(amp_head.model)
     print(f"rank {dist.get_rank()}: ascent fraction DDP == reference", flush=True)
 

@@ -240,6 +240,37 @@ def assert_params_close(a: nn.Module, b: nn.Module, names: Sequence[str] | None 
         torch.testing.assert_close(pa[name], pb[name], atol=atol, rtol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
 
 
+def params_distance(a: nn.Module, b: nn.Module) -> float:
+    """The largest elementwise difference between two models' weights."""
+    pb = dict(b.named_parameters())
+    return max(float((p.detach() - pb[n].detach()).abs().max()) for n, p in a.named_parameters())
+
+
+def assert_params_far(a: nn.Module, b: nn.Module, atol: float = 2e-6, what: str = "") -> None:
+    """`assert_params_close` would fail on these: some weight differs by more than its tolerance (atol + rtol·|b|).
+    Shows that a reference comparison can tell the right result from a wrong one."""
+    pb = dict(b.named_parameters())
+    excess = max(
+        float(((p.detach() - pb[n].detach()).abs() - (atol + 1e-5 * pb[n].abs())).max())
+        for n, p in a.named_parameters()
+    )
+    assert excess > 0, f"{what}: within the tolerance of the other result, so the comparison cannot tell them apart"
+
+
+FREE_BALL = 1e3
+"""An ε no Δ reaches: Δ = ζ·g exactly, so any rescaling of the ascent's loss shows in the weights. (With ε = 0.05 and
+the per-tensor ball every Δ is clipped to the sphere and a loss scaled by anything above ~0.45 gives the same Δ.)"""
+
+
+def assert_only_the_right_scale_matches(model: nn.Module, reference: Callable[..., nn.Module]) -> None:
+    """`model` equals `reference(inner_lr=1.0)` (run with `FREE_BALL`) and is far from the references whose ascent
+    loss is scaled by 1/2 or 2, the mistakes a wrong count (the window's instead of the micro-batch's) or a missing
+    process factor make."""
+    assert_params_close(model, reference(inner_lr=1.0))
+    for wrong in (0.5, 2.0):
+        assert_params_far(model, reference(inner_lr=wrong), what=f"the ascent scaled by {wrong}")
+
+
 def assert_params_equal(a: nn.Module, b: nn.Module) -> None:
     for (name, x), (_, y) in zip(a.named_parameters(), b.named_parameters()):
         assert torch.equal(x, y), f"{name} differs"

@@ -11,6 +11,7 @@ from helpers import (
     SequentialAMPTrainer,
     TinyClassifier,
     assert_params_close,
+    assert_params_far,
     reference_amp,
     text_data,
     tiny_args,
@@ -19,10 +20,10 @@ from helpers import (
 
 from amp_hf import AMPTrainer, AMPTrainingArguments
 
-peft = pytest.importorskip("peft", reason="PEFT is an optional extra: pip install 'amp-hf[trl]'")
-
 
 def test_lora_perturbs_only_the_adapters(tmp_path):
+    # here, not at module level, where it skipped the gradient-checkpointing and torch.compile tests too
+    peft = pytest.importorskip("peft", reason="PEFT is an optional extra: pip install 'amp-hf[trl]'")
     model = peft.get_peft_model(
         tiny_bert(), peft.LoraConfig(r=4, target_modules=["query", "value"], task_type="SEQ_CLS")
     )
@@ -45,7 +46,10 @@ def test_lora_perturbs_only_the_adapters(tmp_path):
     assert perturbed and all("lora_" in n or "classifier" in n for n in perturbed)  # adapters + the new head
     theta, theta_plus_delta = seen
     # lora_B starts at zero, so only it (and the head) has an ascent gradient on the first step
-    assert all(not torch.equal(theta[n], theta_plus_delta[n]) for n in perturbed if "lora_B" in n)
+    lora_b = [n for n in perturbed if "lora_B" in n]
+    assert len(lora_b) == 4, perturbed  # query and value of each of the 2 layers: the names the check relies on exist
+    assert all(not torch.equal(theta[n], theta_plus_delta[n]) for n in lora_b)
+    assert any(not torch.equal(theta[n], theta_plus_delta[n]) for n in perturbed if "classifier" in n)
     for name, before in frozen_before.items():
         assert torch.equal(theta_plus_delta[name], before), f"frozen {name} was perturbed"
         assert torch.equal(dict(model.named_parameters())[name], before), f"frozen {name} changed"
@@ -135,3 +139,5 @@ def test_torch_compile_matches_reference(tmp_path):
         "fc2.bias",
     ]  # fmt: skip - names without the "_orig_mod." prefix, so amp_exclude patterns still match
     assert_params_close(trainer.model, reference_amp(TinyClassifier(), data, steps=3, batch_size=4, epsilon=0.05))
+    erm = reference_amp(TinyClassifier(), data, steps=3, batch_size=4, epsilon=0.0)
+    assert_params_far(trainer.model, erm, what="AMP vs ERM")  # the comparison is not vacuous

@@ -10,6 +10,9 @@ from transformers import HfArgumentParser, ViTConfig, ViTForImageClassification
 
 from amp_hf import AMPConfig, AMPTrainer, AMPTrainingArguments, perturbed_parameter_names
 from amp_hf.selection import report
+from amp_hf.trainer_versions import TRAINER_4X
+
+VIT_LAYER = "vit.encoder.layer.0" if TRAINER_4X else "vit.layers.0"  # transformers 5 renamed ViT's encoder layers
 
 
 def tiny_vit() -> ViTForImageClassification:
@@ -23,10 +26,10 @@ def tiny_vit() -> ViTForImageClassification:
 def test_include_perturbs_only_the_normalisation_layers_of_a_vit():
     names = perturbed_parameter_names(tiny_vit(), AMPConfig(include=["layernorm"]))
     assert names == [
-        "vit.layers.0.layernorm_before.weight",
-        "vit.layers.0.layernorm_before.bias",
-        "vit.layers.0.layernorm_after.weight",
-        "vit.layers.0.layernorm_after.bias",
+        f"{VIT_LAYER}.layernorm_before.weight",
+        f"{VIT_LAYER}.layernorm_before.bias",
+        f"{VIT_LAYER}.layernorm_after.weight",
+        f"{VIT_LAYER}.layernorm_after.bias",
         "vit.layernorm.weight",
         "vit.layernorm.bias",
     ]

@@ -8,14 +8,18 @@ from types import SimpleNamespace
 import pytest
 import torch
 from helpers import (
+    FREE_BALL,
     DictDataset,
+    MeanLossWithKwargs,
     OverflowsWhenPushed,
     SequentialAMPTrainer,
     SequentialTrainer,
     TinyClassifier,
     TokenNormalisedClassifier,
+    assert_only_the_right_scale_matches,
     assert_params_close,
     assert_params_equal,
+    assert_params_far,
     params_of,
     reference_amp,
     tiny_args,
@@ -72,9 +76,9 @@ def test_matches_reference_implementation(tmp_path, norm, inner_steps, epsilon, 
         norm=norm,
     )
     assert_params_close(trainer.model, expected)
-    # ...and AMP really moved the weights away from plain ERM: the comparison is not vacuous.
+    # ...and AMP really moved the weights away from plain ERM, beyond the tolerance: the comparison is not vacuous.
     erm = reference_amp(TinyClassifier(), data, steps=3, batch_size=4, grad_accum=grad_accum, epsilon=0.0)
-    assert max((a - b).abs().max() for a, b in zip(expected.parameters(), erm.parameters())) > 1e-4
+    assert_params_far(trainer.model, erm, what="AMP vs ERM")
 
 
 def test_projection_binds_in_the_reference_comparison(tmp_path):
@@ -88,10 +92,16 @@ def test_default_settings_with_clipping_match_reference(tmp_path):
     trainer = train(SequentialAMPTrainer, model, tmp_path, data, max_grad_norm=0.5, max_steps=4)
     expected = reference_amp(TinyClassifier(), data, steps=4, batch_size=4, max_grad_norm=0.5)
     assert_params_close(trainer.model, expected)
+    # not vacuous: the clipping binds, and AMP is not ERM
+    unclipped = reference_amp(TinyClassifier(), data, steps=4, batch_size=4)
+    assert_params_far(trainer.model, unclipped, what="clipped vs unclipped")
+    erm = reference_amp(TinyClassifier(), data, steps=4, batch_size=4, max_grad_norm=0.5, epsilon=0.0)
+    assert_params_far(trainer.model, erm, what="AMP vs ERM")
 
 
 def test_token_normalised_loss_does_not_change_the_ascent(tmp_path):
-    """num_items_in_batch normalises the descent pass only; the ascent uses each micro-batch's own mean loss."""
+    """num_items_in_batch normalises the descent pass only; the ascent uses each micro-batch's own mean loss. With a
+    ball that does not bind, an ascent on the window's count (half the micro-batch mean here) lands elsewhere."""
     data = DictDataset(ignored_every=3)
     trainer = train(
         SequentialAMPTrainer,
@@ -99,13 +109,34 @@ def test_token_normalised_loss_does_not_change_the_ascent(tmp_path):
         tmp_path,
         data,
         gradient_accumulation_steps=2,
-        amp_epsilon=0.05,
+        amp_epsilon=FREE_BALL,
     )
     assert trainer.model_accepts_loss_kwargs
-    expected = reference_amp(
-        TokenNormalisedClassifier(), data, steps=3, batch_size=4, grad_accum=2, epsilon=0.05, token_normalised=True
+    assert_only_the_right_scale_matches(
+        trainer.model,
+        lambda inner_lr: reference_amp(
+            TokenNormalisedClassifier(), data, steps=3, batch_size=4, grad_accum=2, epsilon=FREE_BALL,
+            inner_lr=inner_lr, token_normalised=True,
+        ),
+    )  # fmt: skip
+
+
+def test_count_ignoring_model_ascends_on_its_mean_loss(tmp_path):
+    """A model that accepts `num_items_in_batch` and returns its mean anyway (BERT's case): the ascent is that mean,
+    unscaled by any count. (The Trainer does not divide such a loss by the accumulation steps: its descent is the sum
+    of the micro-batch means, which the reference reproduces with twice the learning rate at GA 2.)"""
+    data = DictDataset(ignored_every=3)
+    trainer = train(
+        SequentialAMPTrainer, MeanLossWithKwargs(), tmp_path, data, gradient_accumulation_steps=2, amp_epsilon=FREE_BALL
     )
-    assert_params_close(trainer.model, expected)
+    assert trainer.model_accepts_loss_kwargs
+    assert_only_the_right_scale_matches(
+        trainer.model,
+        lambda inner_lr: reference_amp(
+            MeanLossWithKwargs(), data, steps=3, batch_size=4, grad_accum=2, lr=0.2, epsilon=FREE_BALL,
+            inner_lr=inner_lr,
+        ),
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize("model_cls", [TinyClassifier, TokenNormalisedClassifier])
@@ -231,7 +262,8 @@ def test_fp16_ascent_is_unscaled_and_overflow_is_skipped(tmp_path):
     batch = {"x": torch.randn(4, 6), "labels": torch.tensor([0, 1, 2, 0])}
 
     def one_step(scale):
-        trainer = AMPTrainer(model=TinyClassifier(), args=tiny_args(tmp_path), train_dataset=DictDataset())
+        args = tiny_args(tmp_path, amp_epsilon=FREE_BALL)  # a ball that binds would clip a scaled Δ back
+        trainer = AMPTrainer(model=TinyClassifier(), args=args, train_dataset=DictDataset())
         trainer.current_gradient_accumulation_steps = 1  # set by train(); here we call one step by hand
         if scale is not None:
             trainer.accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=scale)
@@ -257,9 +289,10 @@ def test_fp16_grad_scaler_end_to_end(tmp_path):
     overflowed steps. (On CPU accelerate makes no scaler, so one is put where accelerate keeps it, before train().)"""
 
     def run(scale, **overrides):
-        trainer = SequentialAMPTrainer(
-            model=TinyClassifier(), args=tiny_args(tmp_path, amp_epsilon=0.05, **overrides), train_dataset=DictDataset()
-        )
+        trainer = SequentialAMPTrainer(  # a ball that does not bind: a Δ on the scaled loss would not be clipped back
+            model=TinyClassifier(), args=tiny_args(tmp_path, amp_epsilon=FREE_BALL, **overrides),
+            train_dataset=DictDataset(),
+        )  # fmt: skip
         if scale is not None:
             trainer.accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=scale, growth_interval=1000)
         trainer.train()
@@ -268,6 +301,10 @@ def test_fp16_grad_scaler_end_to_end(tmp_path):
     plain, scaled = run(None), run(2.0**14)
     assert scaled.accelerator.scaler.get_scale() == 2.0**14  # no overflow, no skipped step
     assert_params_close(scaled.model, plain.model, atol=1e-7)  # power-of-two scaling is exact: same run
+    expected = reference_amp(TinyClassifier(), DictDataset(), steps=3, batch_size=4, epsilon=FREE_BALL)
+    assert_params_close(scaled.model, expected)  # and that run is AMP's
+    erm = reference_amp(TinyClassifier(), DictDataset(), steps=3, batch_size=4, epsilon=0.0)
+    assert_params_far(scaled.model, erm, what="AMP vs ERM")
 
     theta = params_of(TinyClassifier())
     overflow = run(float("inf"), max_steps=1)
@@ -322,6 +359,9 @@ def test_reference_with_exclusion(tmp_path):
         TinyClassifier(), data, steps=3, batch_size=4, epsilon=0.05, perturb=lambda n: "bias" not in n
     )
     assert_params_close(trainer.model, expected)
+    # not vacuous: perturbing the biases too lands elsewhere
+    everything = reference_amp(TinyClassifier(), data, steps=3, batch_size=4, epsilon=0.05)
+    assert_params_far(trainer.model, everything, what="with vs without the exclusion")
 
 
 # ---------------------------------------------------------------------------------------------- logging
@@ -445,20 +485,22 @@ def test_elementwise_ball_and_ascent_fraction_match_reference(
     other = reference_amp(TinyClassifier(), data, steps=3, batch_size=4, **{**reference, "epsilon": 0.0})
     if fraction < 1:
         other = reference_amp(TinyClassifier(), data, steps=3, batch_size=4, **reference)
-    assert max((a - b).abs().max() for a, b in zip(expected.parameters(), other.parameters())) > 1e-5
+    assert_params_far(trainer.model, other, what="vs the whole-batch ascent" if fraction < 1 else "vs ERM")
 
 
 def test_ascent_fraction_with_token_normalised_loss_takes_the_heads_mean(tmp_path):
     data = DictDataset(n=64, ignored_every=5)
     trainer = train(
         SequentialAMPTrainer, TokenNormalisedClassifier(), tmp_path, data, gradient_accumulation_steps=2,
-        per_device_train_batch_size=8, amp_epsilon=0.05, amp_ascent_fraction=0.5,
+        per_device_train_batch_size=8, amp_epsilon=FREE_BALL, amp_ascent_fraction=0.5,
     )  # fmt: skip
-    expected = reference_amp(
-        TokenNormalisedClassifier(), data, steps=3, batch_size=8, grad_accum=2, epsilon=0.05, token_normalised=True,
-        ascent_fraction=0.5,
+    assert_only_the_right_scale_matches(
+        trainer.model,
+        lambda inner_lr: reference_amp(
+            TokenNormalisedClassifier(), data, steps=3, batch_size=8, grad_accum=2, epsilon=FREE_BALL,
+            inner_lr=inner_lr, token_normalised=True, ascent_fraction=0.5,
+        ),
     )  # fmt: skip
-    assert_params_close(trainer.model, expected)
 
 
 def test_elementwise_delta_lands_on_its_ball(tmp_path):

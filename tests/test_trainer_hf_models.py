@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from datasets import Dataset
-from helpers import COMMON, text_data, tiny_bert
+from helpers import COMMON, FREE_BALL, params_distance, text_data, tiny_bert
 from transformers import (
     T5Config,
     T5ForConditionalGeneration,
@@ -54,35 +54,83 @@ def test_amp_off_equals_plain_trainer_with_dropout(tmp_path):
 
 
 def test_bf16_autocast_training(tmp_path):
-    model = tiny_bert()
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    trainer = AMPTrainer(
-        model=model,
-        args=AMPTrainingArguments(tmp_path, **COMMON, max_steps=3, bf16=True, amp_epsilon=0.05),
-        train_dataset=text_data(),
-    )
-    trainer.train()
-    logs = [e for e in trainer.state.log_history if "amp_loss" in e]
-    assert len(logs) == 3
-    assert all(e["amp_skipped"] == 0 and torch.isfinite(torch.tensor(e["loss"])) for e in logs)
-    assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast, weights stay fp32
-    assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters())
+    """bf16 autocast: the clean loss is the plain Trainer's under the same autocast, and the run lands by the fp32 AMP
+    run (bf16 rounding apart), far from ERM's: the ascent under autocast has the fp32 ascent's direction and scale."""
+    settings = dict(COMMON, max_steps=3, optim="sgd", learning_rate=0.5, lr_scheduler_type="constant", max_grad_norm=0)
+
+    def run(cls, name: str, **overrides):
+        model = tiny_bert()
+        trainer = cls(model=model, args=AMPTrainingArguments(tmp_path / name, **settings, **overrides),
+                      train_dataset=text_data())  # fmt: skip
+        trainer.train()
+        return trainer
+
+    amp_bf16 = run(AMPTrainer, "amp_bf16", bf16=True, amp_epsilon=FREE_BALL)
+    amp_fp32 = run(AMPTrainer, "amp_fp32", amp_epsilon=FREE_BALL)
+    erm_bf16, erm_fp32 = run(Trainer, "erm_bf16", bf16=True), run(Trainer, "erm_fp32")
+    logs = [e for e in amp_bf16.state.log_history if "amp_loss" in e]
+    assert len(logs) == 3 and all(e["amp_skipped"] == 0 for e in logs)
+    assert all(p.dtype == torch.float32 for p in amp_bf16.model.parameters())  # autocast, weights stay fp32
+    assert logs[0]["loss"] == pytest.approx(erm_bf16.state.log_history[0]["loss"], rel=1e-6)  # θ₀, same autocast
+    fp32_norms = [e["amp_delta_norm"] for e in amp_fp32.state.log_history if "amp_loss" in e]
+    assert [e["amp_delta_norm"] for e in logs] == pytest.approx(fp32_norms, rel=1e-2)  # Δ = ζ·g: the same scale
+    amp_gap = params_distance(amp_fp32.model, erm_fp32.model)
+    assert params_distance(amp_bf16.model, erm_bf16.model) > 0.5 * amp_gap
+    assert params_distance(amp_bf16.model, amp_fp32.model) < 0.05 * amp_gap, "bf16 AMP is not near fp32 AMP"
+
+
+def seq2seq_model() -> T5ForConditionalGeneration:
+    torch.manual_seed(0)
+    config = T5Config(
+        vocab_size=48,
+        d_model=16,
+        d_kv=8,
+        d_ff=32,
+        num_layers=1,
+        num_heads=2,
+        decoder_start_token_id=0,
+        dropout_rate=0.0,
+    )  # fmt: skip - no dropout: the ascent's gradient can be recomputed below
+    return T5ForConditionalGeneration(config)
 
 
 def test_seq2seq_trainer_through_the_mixin(tmp_path):
-    torch.manual_seed(0)
-    model = T5ForConditionalGeneration(
-        T5Config(vocab_size=48, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2, decoder_start_token_id=0)
-    )
+    """The descent pass of the first step runs at θ + Δ with Δ = ε·g/‖g‖ (the global ball), g the gradient of the
+    micro-batch's loss at θ recomputed here; AMP's weights differ from the plain Seq2SeqTrainer's."""
     g = torch.Generator().manual_seed(0)
     src = torch.randint(2, 48, (16, 8), generator=g)
     data = Dataset.from_dict({"input_ids": src.tolist(), "labels": src.flip(1).tolist()})
-    args = AMPSeq2SeqTrainingArguments(tmp_path, **COMMON, max_steps=3, amp_norm="global", amp_epsilon=0.1)
-    trainer = AMPSeq2SeqTrainer(model=model, args=args, train_dataset=data)
+    seen: list[tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]] = []
+
+    class Spy(AMPSeq2SeqTrainer):
+        def compute_loss(self, model, inputs, *args, **kwargs):
+            if len(seen) < 2:  # the clean pass at θ, then the descent at θ + Δ
+                seen.append(({n: p.detach().clone() for n, p in model.named_parameters()}, dict(inputs)))
+            return super().compute_loss(model, inputs, *args, **kwargs)
+
+    args = AMPSeq2SeqTrainingArguments(tmp_path / "a", **COMMON, max_steps=3, amp_norm="global", amp_epsilon=0.1)
+    trainer = Spy(model=seq2seq_model(), args=args, train_dataset=data)
     trainer.train()
     logs = [e for e in trainer.state.log_history if "amp_loss" in e]
     assert len(logs) == 3
     assert all(e["amp_delta_norm"] == pytest.approx(0.1, rel=1e-4) for e in logs)  # the global ball binds
+
+    (theta, inputs), (perturbed, _) = seen
+    at_theta = seq2seq_model()
+    at_theta.load_state_dict(theta, strict=False)  # the embeddings tied to `shared` are not listed apart
+    assert all(torch.equal(p, theta[n]) for n, p in at_theta.named_parameters())
+    at_theta.train()
+    names = [n for n, p in at_theta.named_parameters() if p.requires_grad]
+    grads = torch.autograd.grad(at_theta(**inputs).loss, [dict(at_theta.named_parameters())[n] for n in names])
+    total = torch.sqrt(sum((gr.double() ** 2).sum() for gr in grads))
+    for name, grad in zip(names, grads):
+        torch.testing.assert_close(perturbed[name] - theta[name], (0.1 * grad / total).float(), atol=2e-6, rtol=1e-3,
+                                   msg=name)  # fmt: skip
+
+    erm_args = AMPSeq2SeqTrainingArguments(tmp_path / "e", **COMMON, max_steps=3, amp_epsilon=0.0)
+    erm = AMPSeq2SeqTrainer(model=seq2seq_model(), args=erm_args, train_dataset=data)
+    erm.train()
+    assert params_distance(trainer.model, erm.model) > 1e-4  # AMP changed the run
 
 
 def test_ascent_fraction_on_padded_variable_length_batches(tmp_path):

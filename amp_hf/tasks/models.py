@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from .data import FASHION_MNIST_MEAN, FASHION_MNIST_STD, missing_asset
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedModel, ViTImageProcessorPil
+    from transformers import PreTrainedModel
 
 IMAGE_MODEL_TYPES = ("vit", "resnet")
 
@@ -61,10 +61,13 @@ def image_classifier(
     return ViTForImageClassification(config)
 
 
-def image_processor(channels: int) -> ViTImageProcessorPil:
+def image_processor(channels: int):
     """The processor of the config-built image models: no resize, pixels scaled to [0, 1] and normalised
     (Fashion-MNIST's mean and std for one channel, 0.5 otherwise)."""
-    from transformers import ViTImageProcessorPil
+    try:  # transformers 5 names the PIL/NumPy processor ViTImageProcessorPil; in 4.x that one is ViTImageProcessor
+        from transformers import ViTImageProcessorPil
+    except ImportError:  # transformers 4.57
+        from transformers import ViTImageProcessor as ViTImageProcessorPil
 
     mean, std = (FASHION_MNIST_MEAN, FASHION_MNIST_STD) if channels == 1 else (0.5, 0.5)
     return ViTImageProcessorPil(
