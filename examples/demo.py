@@ -177,6 +177,7 @@ def plot(runs: dict[str, dict], path: Path, title: str) -> None:
         left.plot(epochs, run["test_error_per_epoch"], color=color, label=name)
         right.plot(range(1, len(run["train_loss_per_epoch"]) + 1), run["train_loss_per_epoch"], color=color, label=name)
     left.set(xlabel="epoch", ylabel="test error (%), clean labels", title="test error")
+    left.set_ylim(0, min(100, 2.5 * max(runs[name]["test_error"] for name in runs)))  # the late epochs matter
     right.set(xlabel="epoch", ylabel="training loss, noisy labels", title="training loss (logged per epoch)")
     right.set_yscale("log")
     for ax in (left, right):
@@ -215,19 +216,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"{'final training loss':22s}{erm['final_train_loss']:10.3f}{amp['final_train_loss']:10.3f}")
     print(f"{'training time (s)':22s}{erm['train_seconds']:10.1f}{amp['train_seconds']:10.1f}")
     cut = (erm["test_error"] - amp["test_error"]) / erm["test_error"]
-    if cut > 0:
-        sentence = (
-            f"ERM fitted the wrong labels (training loss {erm['final_train_loss']:.3f}) and ended at "
-            f"{erm['test_error']:.1f}% test error; AMP kept its training loss at {amp['final_train_loss']:.2f} and "
-            f"made {cut:.0%} fewer test errors ({amp['test_error']:.1f}%), for "
-            f"{amp['train_seconds'] / erm['train_seconds']:.2f}x ERM's training time."
-        )
-    else:
-        sentence = f"On this seed AMP did not beat ERM ({amp['test_error']:.1f}% vs {erm['test_error']:.1f}%)."
+    best = min(range(len(erm["test_error_per_epoch"])), key=erm["test_error_per_epoch"].__getitem__)
+    ratio = amp["train_seconds"] / erm["train_seconds"]
+    sentence = (
+        f"ERM fitted the wrong labels (training loss {erm['final_train_loss']:.3f}) and its test error rose from "
+        f"{erm['test_error_per_epoch'][best]:.1f}% at epoch {best + 1} to {erm['test_error']:.1f}%; AMP did not fit "
+        f"them (training loss {amp['final_train_loss']:.2f}) and ended at {amp['test_error']:.1f}%, "
+        + (f"{cut:.0%} fewer test errors than ERM" if cut > 0 else "no better than ERM on this seed")
+        + f", for {ratio:.2f}x ERM's training time."
+    )
     print("\n" + sentence)
     results = {
         "erm_test_error": round(erm["test_error"], 2),
         "amp_test_error": round(amp["test_error"], 2),
+        "erm_lowest_test_error": round(erm["test_error_per_epoch"][best], 2),
+        "erm_lowest_test_error_epoch": best + 1,
         "preset": PRESET,
         "seed": cli.seed,
         "train_size": cli.train_size,

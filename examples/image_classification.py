@@ -1,4 +1,5 @@
-"""Train a vision transformer from random initialisation with AMP (the paper's regime), or a small BatchNorm ResNet.
+"""Train an image classifier from random initialisation with AMP or ERM: a vision transformer, or a small BatchNorm
+ResNet like the paper's CNNs (AMP = Adversarial Model Perturbation, a regulariser; not mixed precision).
 
 Defaults, offline: Fashion-MNIST (Debian package `dataset-fashion-mnist`: 60k training images, of which 10% are held
 out for validation with a fixed seed, and the official 10k test images), a ViT built from its config, random crops
@@ -7,7 +8,8 @@ out for validation with a fixed seed, and the official 10k test images), a ViT b
     python examples/image_classification.py --output_dir out/vit --num_train_epochs 1
     python examples/image_classification.py --output_dir out/cnn --model_type resnet --optim sgd \
         --optim_args momentum=0.9 --learning_rate 0.05 --num_train_epochs 40 \
-        --amp_preset cnn_long_noisy  # a CNN trained until ERM memorises noisy labels: AMP, ascent on 1/8 of a batch
+        --amp_preset cnn_long_noisy  # for a CNN trained until ERM memorises noisy labels (your data: --train_file;
+                                     # the default data has no wrong labels; examples/demo.py adds them)
     python examples/image_classification.py --output_dir out/cnn --model_type resnet --optim sgd \
         --learning_rate 0.1 --num_train_epochs 200 --amp_preset reference   # the paper's regime and settings
     python examples/image_classification.py --output_dir out/vit --amp_norm elementwise --amp_inner_lr 100 \
