@@ -153,3 +153,10 @@ def find_preset(name: str) -> Preset:
 def get_preset(name: str) -> dict[str, Any]:
     """The preset's values of every scalar `amp_*` argument (`amp_epsilon`, `amp_inner_steps`, ...), as a new dict."""
     return find_preset(name).arguments()
+
+
+def preset_config(name: str, **explicit: Any) -> AMPConfig:
+    """The validated `AMPConfig` of preset `name`, with `explicit` settings (AMPConfig's names: `epsilon=0.1`, ...)
+    winning over the preset's, as explicit `amp_*` arguments do: for code that builds AMP outside the Trainer."""
+    values = {key.removeprefix("amp_"): value for key, value in get_preset(name).items()}
+    return AMPConfig(**{**values, **explicit})

@@ -64,3 +64,11 @@ def test_unknown_names_are_refused_with_the_list(bad):
         find_preset(bad)
     text = str(err.value)
     assert "cnn_long_noisy" in text and ("versions" in text or all(n in text for n in names()))
+
+
+def test_preset_config_for_code_outside_the_trainer():
+    config = presets_module.preset_config("cnn_long_noisy", epsilon=0.1)
+    assert config == AMPConfig(ascent_fraction=0.125, epsilon=0.1)
+    assert not presets_module.preset_config("finetune").enabled
+    with pytest.raises(ValueError, match="amp_preset"):
+        presets_module.preset_config("nope")
