@@ -33,8 +33,8 @@ accumulation window (`accelerator.sync_gradients` inside `accelerator.accumulate
 
 Under FSDP2 (`fully_shard`) the ascent's gradient is the average over the processes, as in AMPTrainer (`trainer.py`
 says why); DeepSpeed, FSDP1 and offloaded FSDP2 are refused when `AMP` is built (`REFUSED_BACKENDS`).
-Presets: settings are resolved in one place, `config_from_settings`, where a named preset would slot in under the
-explicit `amp_*` keywords.
+Presets: `AMP(model, amp_preset="cnn_long_noisy", ...)` starts from a library preset (`amp_hf.presets`); explicit
+`amp_*` keywords win over it, as with `AMPTrainingArguments(amp_preset=...)`.
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ from . import selection
 from .batch import head_of_batch
 from .config import AMPConfig
 from .perturbation import AscentResult, perturbed_weights, save_buffers
+from .presets import preset_config
 from .running_stats import RunningStatsSnapshot
 from .sharding import is_partitioned, is_sharded, layout
 from .training_args import AMPArgumentsMixin
@@ -91,7 +92,7 @@ def config_from_settings(config: AMPConfig | None = None, **amp_settings: Any) -
     """One validated `AMPConfig` from `amp_*` keywords (the names of `AMPTrainingArguments`), over `config`.
 
     The validation is `AMPConfig`'s own, so the messages name the same `amp_*` field as the Trainer path does.
-    This is the one place settings are resolved: a preset would be applied here, under the explicit keywords.
+    A preset comes in as `config` (`presets.preset_config`); the explicit keywords win over it.
     """
     unknown = sorted(set(amp_settings) - set(SETTING_NAMES))
     if unknown:
@@ -117,18 +118,22 @@ def default_loss(module: torch.nn.Module, batch: Any) -> torch.Tensor:
 
 
 def add_amp_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Adds the `--amp_*` flags of `AMPTrainingArguments` (same names, defaults and help) to an argparse parser, for
-    scripts in the Hugging Face `*_no_trainer.py` style; `AMP.from_args(model, args, ...)` reads them back."""
+    """Adds the `--amp_*` flags of `AMPTrainingArguments` (same names and help, `--amp_preset` included) to an argparse
+    parser, for scripts in the Hugging Face `*_no_trainer.py` style; `AMP.from_args(model, args, ...)` reads them
+    back. Flags left out stay None, so that, as with `AMPTrainingArguments`, a preset fills only what was not given."""
     group = parser.add_argument_group("AMP (Adversarial Model Perturbation)")
     defaults = AMPConfig()
     for spec in fields(AMPArgumentsMixin):
-        default = getattr(defaults, spec.name[len("amp_") :])
         help_text = spec.metadata.get("help")
+        if spec.name == "amp_preset":
+            group.add_argument(f"--{spec.name}", default=None, help=help_text)  # validated, with the names, by AMP
+            continue
+        default = getattr(defaults, spec.name[len("amp_") :])
         if isinstance(default, tuple):  # include / exclude: separate words, as with HfArgumentParser
             group.add_argument(f"--{spec.name}", nargs="+", default=None, help=help_text)
         else:
             choices = spec.metadata.get("choices")
-            group.add_argument(f"--{spec.name}", type=type(default), default=default, choices=choices, help=help_text)
+            group.add_argument(f"--{spec.name}", type=type(default), default=None, choices=choices, help=help_text)
     return parser
 
 
@@ -140,7 +145,7 @@ class AMP:
     and the distributed type; without one, every `perturbed` call is one optimizer step. Settings are the
     `amp_*` keywords of `AMPTrainingArguments` (`amp_epsilon`, `amp_inner_steps`, `amp_inner_lr`, `amp_norm`,
     `amp_interval`, `amp_start_step`, `amp_include`, `amp_exclude`, `amp_ascent_fraction`), validated the same way,
-    or a whole `config=AMPConfig(...)`.
+    over a named `amp_preset` (`amp_hf.presets`) or a whole `config=AMPConfig(...)`.
     """
 
     def __init__(
@@ -150,8 +155,13 @@ class AMP:
         accelerator: Any = None,
         config: AMPConfig | None = None,
         loss_fn: LossFn | None = None,
+        amp_preset: str | None = None,
         **amp_settings: Any,
     ) -> None:
+        if amp_preset is not None:
+            if config is not None:
+                raise ValueError("AMP takes amp_preset or config, not both: the preset would be ignored")
+            config = preset_config(amp_preset)  # its amp_* values; the explicit keywords below win
         self.config = config_from_settings(config, **amp_settings)
         self.model = model
         self.accelerator = accelerator
@@ -175,9 +185,12 @@ class AMP:
 
     @classmethod
     def from_args(cls, model: torch.nn.Module, args: Any, *, accelerator: Any = None, **kwargs: Any) -> AMP:
-        """AMP with the `amp_*` attributes of `args` (an argparse namespace from `add_amp_arguments`, or training
-        arguments); missing ones take the defaults."""
-        return cls(model, accelerator=accelerator, config=AMPConfig.from_args(args), **kwargs)
+        """AMP with the `amp_*` attributes of `args`: training arguments (their resolved `amp_config`), or an
+        argparse namespace from `add_amp_arguments`, whose `amp_preset` fills the flags left out (None)."""
+        if isinstance(getattr(args, "amp_config", None), AMPConfig):
+            return cls(model, accelerator=accelerator, config=args.amp_config, **kwargs)
+        given = {name: getattr(args, name) for name in SETTING_NAMES if getattr(args, name, None) is not None}
+        return cls(model, accelerator=accelerator, amp_preset=getattr(args, "amp_preset", None), **given, **kwargs)
 
     # ------------------------------------------------------------------------------------------------- set-up
     def _check_supported(self) -> None:

@@ -230,9 +230,30 @@ def test_argparse_flags_are_the_training_arguments_fields():
     args = parser.parse_args("--amp_epsilon 0.1 --amp_norm global --amp_exclude bias LayerNorm".split())
     amp = AMP.from_args(TinyClassifier(), args)
     assert amp.config == AMPConfig(epsilon=0.1, norm="global", exclude=("bias", "LayerNorm"))
-    assert {a.dest for a in parser._actions} - {"help"} == set(SETTING_NAMES)
+    assert {a.dest for a in parser._actions} - {"help"} == {*SETTING_NAMES, "amp_preset"}
     with pytest.raises(SystemExit):
         parser.parse_args(["--amp_norm", "ball"])
+    # a preset fills the flags left out, and an explicit flag wins even when it equals the default
+    args = parser.parse_args("--amp_preset cnn_long_noisy --amp_inner_lr 1.0 --amp_epsilon 0.2".split())
+    amp = AMP.from_args(TinyClassifier(), args)
+    assert amp.config == AMPConfig(epsilon=0.2, ascent_fraction=0.125)
+
+
+def test_presets_fill_the_settings_and_explicit_keywords_win(tmp_path):
+    assert AMP(TinyClassifier(), amp_preset="cnn_long_noisy").config == AMPConfig(ascent_fraction=0.125)
+    assert AMP(TinyClassifier(), amp_preset="text_finetune").config.enabled is False  # plain ERM
+    amp = AMP(TinyClassifier(), amp_preset="cnn_long_noisy", amp_ascent_fraction=1.0, amp_norm="global")
+    assert amp.config == AMPConfig(norm="global")
+    with pytest.raises(ValueError, match=r"amp_preset .*cnn_long_noisy"):
+        AMP(TinyClassifier(), amp_preset="cnn_long")
+    with pytest.raises(ValueError, match="amp_preset or config"):
+        AMP(TinyClassifier(), amp_preset="cnn_long_noisy", config=AMPConfig())
+    trainer_args = tiny_args(tmp_path, amp_preset="cnn_long_noisy", amp_epsilon=0.3)  # the same resolution as here
+    assert (
+        AMP.from_args(TinyClassifier(), trainer_args).config
+        == trainer_args.amp_config
+        == AMPConfig(epsilon=0.3, ascent_fraction=0.125)
+    )
 
 
 def test_batch_without_loss_fn_and_custom_loss_fn():
