@@ -33,17 +33,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np
 import torch
-from image_classification import (
-    FASHION_MNIST_DIR,
-    FASHION_MNIST_MEAN,
-    FASHION_MNIST_STD,
-    ImageArguments,
-    build_model,
-    read_idx,
-)
+from image_classification import FASHION_MNIST_MEAN, FASHION_MNIST_STD, ImageArguments, build_model
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from amp_hf import AMPTrainer, AMPTrainingArguments
+from amp_hf.tasks.data import fashion_mnist_arrays
 
 PRESET = "cnn_long_noisy"
 TRAIN_SIZE, TEST_SIZE, EPOCHS, NOISE_RATE, BATCH_SIZE = 1000, 2000, 40, 0.2, 128
@@ -54,12 +48,10 @@ TRAIN_SIZE, TEST_SIZE, EPOCHS, NOISE_RATE, BATCH_SIZE = 1000, 2000, 40, 0.2, 128
 def fashion_mnist_subset(seed: int, train_size: int, test_size: int) -> tuple[dict[str, torch.Tensor], ...]:
     """`train_size` training images drawn by `seed`, a fifth of their labels replaced by a different class (also drawn
     by `seed`), and a fixed set of `test_size` official test images with their true labels."""
-    if not os.path.isdir(FASHION_MNIST_DIR):
-        raise RuntimeError(f"Fashion-MNIST is not in {FASHION_MNIST_DIR}: apt-get install dataset-fashion-mnist")
 
     def load(prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
-        images = read_idx(f"{FASHION_MNIST_DIR}/{prefix}-images-idx3-ubyte.gz").astype(np.float32) / 255
-        labels = read_idx(f"{FASHION_MNIST_DIR}/{prefix}-labels-idx1-ubyte.gz").astype(np.int64)
+        images, labels = fashion_mnist_arrays(prefix)  # a clear error naming the Debian package when it is missing
+        images, labels = images.astype(np.float32) / 255, labels.astype(np.int64)
         pixels = (torch.from_numpy(images)[:, None] - FASHION_MNIST_MEAN) / FASHION_MNIST_STD
         return pixels, torch.from_numpy(labels)
 

@@ -9,6 +9,8 @@ sys.path.insert(0, str(EXAMPLES))
 
 import demo  # noqa: E402
 
+from amp_hf.tasks.data import fashion_mnist_arrays  # noqa: E402
+
 
 def test_demo_writes_both_runs_with_the_library_preset(tmp_path, capsys):
     results = demo.main(["--seed", "3", "--train_size", "64", "--epochs", "2", "--out", str(tmp_path)])
@@ -37,7 +39,7 @@ def test_about_a_fifth_of_the_training_labels_are_wrong():
 
     noisy, _ = demo.fashion_mnist_subset(11, 2000, 10)
     rng = np.random.default_rng(11)  # the draw demo.py makes before the noise: which images
-    images = demo.read_idx(f"{demo.FASHION_MNIST_DIR}/train-labels-idx1-ubyte.gz")
-    clean = images[rng.choice(len(images), 2000, replace=False)]
+    _, labels = fashion_mnist_arrays("train")
+    clean = labels[rng.choice(len(labels), 2000, replace=False)]
     wrong = float((noisy["labels"].numpy() != clean).mean())
     assert 0.17 < wrong < 0.23

@@ -55,7 +55,8 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
-def _fashion_mnist_arrays(prefix: str) -> tuple[np.ndarray, np.ndarray]:
+def fashion_mnist_arrays(prefix: str) -> tuple[np.ndarray, np.ndarray]:
+    """The uint8 images and labels of one Fashion-MNIST file pair (`prefix`: "train" or "t10k"), Debian's copy."""
     if not os.path.isdir(FASHION_MNIST_DIR):
         what = f"The default data set (Fashion-MNIST, expected in {FASHION_MNIST_DIR})"
         raise missing_asset(what, "apt-get install dataset-fashion-mnist  (Debian)")
@@ -73,7 +74,7 @@ def fashion_mnist() -> DatasetDict:
     )
     splits = {}
     for split, prefix in (("train", "train"), ("test", "t10k")):
-        images, labels = _fashion_mnist_arrays(prefix)
+        images, labels = fashion_mnist_arrays(prefix)
         splits[split] = Dataset.from_dict({"image": images, "label": labels}, features=features)
     return DatasetDict(splits)
 
@@ -121,7 +122,7 @@ def fashion_mnist_tensors(
     import torch
 
     def load(prefix: str) -> dict[str, torch.Tensor]:
-        images, labels = _fashion_mnist_arrays(prefix)
+        images, labels = fashion_mnist_arrays(prefix)
         pixels = (torch.tensor(images, dtype=torch.float32) / 255 - FASHION_MNIST_MEAN) / FASHION_MNIST_STD
         return {"pixel_values": pixels.unsqueeze(1), "labels": torch.tensor(labels, dtype=torch.long)}
 
