@@ -1,5 +1,5 @@
 # The two commands of the README:  `make demo`  (AMP against plain ERM on a CNN that memorises noisy labels, the regime
-# where AMP helped; about 2 minutes on 2 CPU cores, offline)  and  `make test`  (ruff and the test suite).
+# where AMP helped; about a minute on 2 CPU cores, offline)  and  `make test`  (ruff and the test suite).
 # Both create .venv on first use (pinned by constraints.txt) and reuse it afterwards; the demo installs only what it
 # needs (.venv/.installed-demo), the tests everything (.venv/.installed).
 # `make test-457` runs the core tests again on transformers 4.57, the last 4.x release, in .venv-457 (pinned by
