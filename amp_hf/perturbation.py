@@ -220,7 +220,7 @@ def perturbed_weights(
         yield result
         return
 
-    # The phases are named for torch.profiler (`amp.*`): that is how benchmarks/cost.py --profile splits a step.
+    # The phases are named for torch.profiler (`amp.*`): `python -m benchmarks.cost --profile` splits a step by them.
     parts = layout(params)  # the local parts (FSDP2 shards, ZeRO-3 partitions) and the group of the whole tensors
     params, group = parts.local, parts.group
     result.group = decide_over = agree_over if agree_over is not None else group
