@@ -53,7 +53,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook, register_op
 from . import selection
 from .batch import head_of_batch
 from .config import AMPConfig
-from .perturbation import AscentResult, perturbed_weights, save_buffers
+from .perturbation import AscentResult, ThetaBuffers, perturbed_weights
 from .presets import preset_config
 from .running_stats import RunningStatsSnapshot
 from .sharding import is_partitioned, is_sharded, layout
@@ -171,7 +171,7 @@ class AMP:
         self.skipped = 0
         """Micro-batches whose ascent was not finite (trained at θ)."""
         self._window = _MetricsWindow()
-        self._saved: tuple[list[int], list[torch.Tensor]] | None = None
+        self._saved = ThetaBuffers()
         if self.config.enabled:
             self._check_supported()
         named = self._named_module()
@@ -221,14 +221,6 @@ class AMP:
     def named_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
         """(name, parameter) of every tensor AMP perturbs now: trainable (read every call), selected by the patterns."""
         return [(name, p) for name, p in self._candidates if p.requires_grad]
-
-    def _saved_buffers(self, params: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Where θ is kept during each AMP step: allocated once, reused (see `perturbation.save_buffers`)."""
-        key = [id(p) for p in params]
-        if self._saved is None or self._saved[0] != key:
-            self._saved = None
-            self._saved = (key, save_buffers(params))
-        return self._saved[1]
 
     # ---------------------------------------------------------------------------------------------------- the step
     @contextmanager
@@ -318,7 +310,7 @@ class AMP:
             return loss.detach(), grads
 
         try:
-            saved = self._saved_buffers(params)
+            saved = self._saved.for_params(params)
             with perturbed_weights(params, gradient, self.config, saved, world_if_distributed()) as result:
                 if result.skipped:
                     self.skipped += 1

@@ -188,6 +188,23 @@ def save_buffers(params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         return [torch.empty_like(p) for p in layout(params).local]
 
 
+class ThetaBuffers:
+    """`save_buffers` kept between steps: allocated once for a set of perturbed tensors, reused while the set (and each
+    local part's shape, dtype and device) stays the same, reallocated when it changes (unfreezing, a new model).
+    Shared by the Trainer glue and the custom-loop API, which both perturb the same parameters step after step."""
+
+    def __init__(self) -> None:
+        self._key: list[tuple] | None = None
+        self.buffers: list[torch.Tensor] | None = None
+
+    def for_params(self, params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        key = [(id(p), t.shape, t.dtype, t.device) for p, t in zip(params, layout(params).local)]
+        if self.buffers is None or self._key != key:
+            self.buffers = None  # free the old buffers before allocating new ones
+            self.buffers, self._key = save_buffers(params), key
+        return self.buffers
+
+
 @contextmanager
 def perturbed_weights(
     params: Sequence[torch.Tensor],

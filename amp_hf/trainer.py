@@ -59,9 +59,9 @@ except ImportError:  # pragma: no cover - depends on the torch build
 from . import deepspeed_engine, selection, trainer_versions
 from .batch import head_of_batch
 from .config import AMPConfig
-from .perturbation import AscentResult, on_every_process, perturbed_weights, save_buffers
+from .perturbation import AscentResult, ThetaBuffers, on_every_process, perturbed_weights
 from .running_stats import RunningStatsSnapshot
-from .sharding import is_partitioned, is_sharded, layout
+from .sharding import is_partitioned, is_sharded
 from .wrapped_models import (
     grad_scaler_scale,
     gradient_by_backward,
@@ -101,7 +101,7 @@ class AMPMixin:
         super().__init__(*args, **kwargs)
         self.amp_config = self._read_amp_config(announce_defaults=True)
         self._amp_candidates: tuple[int, list[tuple[str, torch.nn.Parameter]]] | None = None
-        self._amp_saved: tuple[list[tuple], list[torch.Tensor]] | None = None
+        self._amp_saved: ThetaBuffers | None = None
         self._amp_window = _MetricsWindow()
         self._amp_announced = False
         self._amp_warned_descent = False
@@ -251,11 +251,9 @@ class AMPMixin:
 
     def _amp_saved_buffers(self, params: list[torch.Tensor]) -> list[torch.Tensor]:
         """Where θ is kept during each AMP step: allocated once, reused every step (see `save_buffers`)."""
-        key = [(id(p), t.shape, t.dtype, t.device) for p, t in zip(params, layout(params).local)]
-        if self._amp_saved is None or self._amp_saved[0] != key:
-            self._amp_saved = None  # free the old buffers before allocating new ones
-            self._amp_saved = (key, save_buffers(params))
-        return self._amp_saved[1]
+        if self._amp_saved is None:
+            self._amp_saved = ThetaBuffers()
+        return self._amp_saved.for_params(params)
 
     # ------------------------------------------------------------------------------------ what AMP perturbs
     def amp_parameters(self, model: torch.nn.Module | None = None) -> list[tuple[str, torch.nn.Parameter]]:

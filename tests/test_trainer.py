@@ -190,7 +190,7 @@ def test_theta_is_saved_into_buffers_allocated_once_and_freed_after_training(tmp
     class Watching(AMPTrainer):
         def training_step(self, *args, **kwargs):
             loss = super().training_step(*args, **kwargs)
-            storage.append([b.data_ptr() for b in self._amp_saved[1]])
+            storage.append([b.data_ptr() for b in self._amp_saved.buffers])
             return loss
 
     trainer = train(Watching, TinyClassifier(), tmp_path, max_steps=3)
