@@ -29,7 +29,6 @@ import os
 import sys
 import tempfile
 
-import torch
 import torch.distributed as dist
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 from torch.nn.parallel import DistributedDataParallel
@@ -48,8 +47,10 @@ from helpers import (
     SequentialTrainer,
     TinyClassifier,
     TokenNormalisedClassifier,
+    assert_close_to,
     assert_only_the_right_scale_matches,
     assert_params_far,
+    assert_ranks_identical,
     reference_amp,
     tiny_args,
 )
@@ -113,18 +114,6 @@ def assert_same_on_every_rank(value, what: str) -> None:
     gathered: list = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, value)
     assert all(g == gathered[0] for g in gathered), f"{what}: {gathered}"
-
-
-def assert_ranks_identical(model) -> None:
-    for name, p in model.named_parameters():
-        gathered = [torch.empty_like(p) for _ in range(dist.get_world_size())]
-        dist.all_gather(gathered, p.detach().contiguous())
-        assert all(torch.equal(gathered[0], g) for g in gathered[1:]), f"{name} differs across ranks"
-
-
-def assert_close_to(model, expected, what: str) -> None:
-    for (name, a), (_, b) in zip(model.named_parameters(), expected.named_parameters()):
-        torch.testing.assert_close(a, b, atol=2e-6, rtol=1e-5, msg=lambda m, n=name: f"{what}, {n}: {m}")
 
 
 def main() -> None:

@@ -43,6 +43,7 @@ from helpers import (
     SequentialAMPTrainer,
     SequentialTrainer,
     TinyClassifier,
+    assert_ranks_identical,
     reference_amp,
     text_data,
     tiny_args,
@@ -111,13 +112,6 @@ def weights(trainer) -> dict[str, torch.Tensor]:
 
 def distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return max(float((a[n] - b[n]).abs().max()) for n in a)
-
-
-def assert_ranks_identical(trainer) -> None:
-    for name, p in trainer.model.named_parameters():
-        gathered = [torch.empty_like(p) for _ in range(dist.get_world_size())]
-        dist.all_gather(gathered, p.detach().contiguous())
-        assert all(torch.equal(gathered[0], g) for g in gathered[1:]), f"{name} differs across ranks"
 
 
 def heads_of_each_rank(batch: int):
@@ -214,7 +208,7 @@ def check_zero12(out: str, rank: int) -> None:
         assert (engine.global_steps, engine.micro_steps) == counters, ((engine.global_steps, engine.micro_steps),
                                                                        counters)  # fmt: skip
         assert all(h["amp_delta_norm"] > 0 and h["amp_skipped"] == 0 for h in amp.state.log_history if "loss" in h)
-        assert_ranks_identical(amp)
+        assert_ranks_identical(amp.model)
         print(
             f"rank {rank}: ZeRO-{stage} {norm} GA=2 == one Δ per process's micro-batch ({gap:.1e}; ERM {erm_gap:.1e}; "
             f"AMP vs ERM {moved:.1e})",

@@ -8,7 +8,9 @@ from collections.abc import Callable, Sequence
 
 import datasets
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset, SequentialSampler
 from transformers import BertConfig, BertForSequenceClassification, Trainer
 
@@ -308,3 +310,19 @@ def text_data(n: int = 32, length: int = 12) -> datasets.Dataset:
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(1, 64, (n, length), generator=g)
     return datasets.Dataset.from_dict({"input_ids": ids.tolist(), "labels": (ids[:, 0] % 2).tolist()})
+
+
+# ------------------------------------------------------------------------------------ checks in the process workers
+def assert_ranks_identical(model: nn.Module) -> None:
+    """Every parameter is bit-identical on every rank (called on all ranks: one all-gather per parameter)."""
+    for name, p in model.named_parameters():
+        gathered = [torch.empty_like(p) for _ in range(dist.get_world_size())]
+        dist.all_gather(gathered, p.detach().contiguous())
+        assert all(torch.equal(gathered[0], g) for g in gathered[1:]), f"{name} differs across ranks"
+
+
+def assert_close_to(model: nn.Module, expected: nn.Module, what: str) -> None:
+    """`model`'s parameters (inside a DDP wrapper, if any) equal `expected`'s to float32 precision."""
+    model = model.module if isinstance(model, DistributedDataParallel) else model
+    for (name, a), (_, b) in zip(model.named_parameters(), expected.named_parameters()):
+        torch.testing.assert_close(a, b, atol=2e-6, rtol=1e-5, msg=lambda m, n=name: f"{what}, {n}: {m}")

@@ -38,7 +38,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "examples"))
 from accelerate_loop import NO_TRAINER_SMOKE, train_with_amp  # noqa: E402
 from edge_models import RootScaledClassifier  # noqa: E402
-from helpers import DictDataset, TinyClassifier, reference_amp  # noqa: E402
+from helpers import DictDataset, TinyClassifier, assert_close_to, assert_ranks_identical, reference_amp  # noqa: E402
 
 STEPS, BATCH = 3, 4
 counts = {"allreduce": 0, "ddp_forward": 0}
@@ -69,17 +69,8 @@ def accelerator(**kwargs) -> Accelerator:
     return Accelerator(cpu=True, **kwargs)
 
 
-def assert_ranks_identical(model) -> None:
-    for name, p in model.named_parameters():
-        gathered = [torch.empty_like(p) for _ in range(dist.get_world_size())]
-        dist.all_gather(gathered, p.detach().contiguous())
-        assert all(torch.equal(gathered[0], g) for g in gathered[1:]), f"{name} differs across ranks"
-
-
-def assert_close_to(model, expected, what: str) -> None:
-    model = model.module if isinstance(model, DistributedDataParallel) else model
-    for (name, a), (_, b) in zip(model.named_parameters(), expected.named_parameters()):
-        torch.testing.assert_close(a, b, atol=2e-6, rtol=1e-5, msg=lambda m, n=name: f"{what}, {n}: {m}")
+def assert_close_on_every_rank(model, expected, what: str) -> None:
+    assert_close_to(model, expected, what)
     assert_ranks_identical(model)
     print(f"rank {dist.get_rank()}: {what} == reference, ranks identical", flush=True)
 
@@ -126,7 +117,7 @@ def main() -> None:
     rank = dist.get_rank()
     assert dist.get_world_size() == 2 and isinstance(trained, DistributedDataParallel) and amp.optimizer_steps == STEPS
     expected = reference_amp(TinyClassifier(), data, steps=STEPS, batch_size=BATCH, grad_accum=2, epsilon=0.05)
-    assert_close_to(trained, expected, "2 processes, tensor ball, K = 1")
+    assert_close_on_every_rank(trained, expected, "2 processes, tensor ball, K = 1")
 
     settings = dict(epsilon=0.05, norm="global", inner_steps=2)
     trained, _, _ = train_with_amp(
@@ -134,7 +125,7 @@ def main() -> None:
         **{f"amp_{k}": v for k, v in settings.items()},
     )  # fmt: skip
     expected = reference_amp(TinyClassifier(), data, steps=STEPS, batch_size=BATCH, grad_accum=4, **settings)
-    assert_close_to(trained, expected, "2 processes x GA 2, global ball, K = 2, step inside the block")
+    assert_close_on_every_rank(trained, expected, "2 processes x GA 2, global ball, K = 2, step inside the block")
 
     trained, _, _ = train_with_amp(
         TinyClassifier(), data, accelerator(), steps=STEPS, amp_epsilon=0.05, amp_ascent_fraction=0.5
@@ -142,7 +133,7 @@ def main() -> None:
     expected = reference_amp(
         TinyClassifier(), data, steps=STEPS, batch_size=BATCH, grad_accum=2, epsilon=0.05, ascent_fraction=0.5
     )
-    assert_close_to(trained, expected, "2 processes, ascent on half of each micro-batch")
+    assert_close_on_every_rank(trained, expected, "2 processes, ascent on half of each micro-batch")
 
     seen = {}
     for name, inner_steps in (("AMP", 1), ("ERM", 0)):
