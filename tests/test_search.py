@@ -21,7 +21,7 @@ import optuna
 import pytest
 from helpers import DictDataset, TinyClassifier, tiny_args
 from optuna.trial import FixedTrial
-from transformers import Trainer, TrainerCallback
+from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import BestRun
 
 from amp_hf import AMPTrainer, AMPTrainingArguments
@@ -120,6 +120,24 @@ def test_best_amp_arguments_replays_the_space_and_knows_the_baseline():
     assert best_amp_arguments(params) == expected  # a plain mapping (study.best_params), default space
     assert best_amp_arguments(BestRun("0", 0.5, {BASELINE_PARAM: "erm"}), space_fn) == {"amp_inner_steps": 0}
     assert is_erm_baseline(FixedTrial({BASELINE_PARAM: "erm"})) and not is_erm_baseline(FixedTrial(params))
+
+
+def test_best_training_arguments_keep_the_users_settings_also_for_erm(tmp_path):
+    args = tiny_args(tmp_path, learning_rate=0.3, max_steps=9, eval_strategy="steps", metric_for_best_model="accuracy")
+    erm = best_training_arguments(args, {BASELINE_PARAM: "erm"})
+    assert erm.amp_inner_steps == 0 and not erm.amp_config.enabled
+    assert (erm.learning_rate, erm.max_steps, erm.eval_strategy, erm.metric_for_best_model, erm.greater_is_better) == (
+        0.3,
+        9,
+        args.eval_strategy,
+        "accuracy",
+        True,
+    )
+    assert args.amp_inner_steps == 1  # a copy: the user's own object is untouched
+    with pytest.raises(ValueError, match=r"no field amp_epsilon.*AMPTrainingArguments"):
+        best_training_arguments(
+            TrainingArguments(str(tmp_path), report_to="none"), {"amp_method": "global", "amp_epsilon_global": 0.07}
+        )
 
 
 # ------------------------------------------------------------------------------- direction and objective alone
@@ -281,7 +299,7 @@ def test_each_trial_is_scored_on_its_best_checkpoint(tmp_path):
     assert result.erm_value == 0.5
 
 
-def test_erm_runs_once_first_and_every_trial_its_own_settings_on_one_seed(tmp_path):
+def test_erm_runs_once_first_and_every_trial_its_own_settings_on_one_seed(tmp_path, caplog):
     """ERM is trial 0 and only trial 0; the other trials train with their own AMP settings (never the previous
     trial's); every trial trains with args.seed, paired; the ERM trial is the plain Trainer; candidates are the best
     AMP trials, ERM left out."""
@@ -303,7 +321,9 @@ def test_erm_runs_once_first_and_every_trial_its_own_settings_on_one_seed(tmp_pa
         spaces.append(space_fn(trial))
         return spaces[-1]
 
-    result = amp_search(trainer, n_trials=5, hp_space=hp_space, sampler=optuna.samplers.RandomSampler(seed=1))
+    with caplog.at_level("WARNING", logger="amp_hf.search"):
+        result = amp_search(trainer, n_trials=5, hp_space=hp_space, sampler=optuna.samplers.RandomSampler(seed=1))
+    assert "metric_for_best_model is not set" in caplog.text  # scored on the last eval_loss: said, not silent
 
     assert len(recorder.configs) == len(recorder.train_logs) == 5
     erm_trials = [i for i, config in enumerate(recorder.configs) if config.inner_steps == 0]
