@@ -303,13 +303,11 @@ def amp_search(
             f"but this search would {direction}"
         )
     if erm_baseline:
-        study.enqueue_trial({BASELINE_PARAM: ERM}, user_attrs={BASELINE_PARAM: ERM}, skip_if_exists=True)
-        pending = any(
-            t.params.get(BASELINE_PARAM) == ERM or t.user_attrs.get(BASELINE_PARAM) == ERM
-            for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
-        )
-        if pending and n_trials < 2:
+        has_baseline = any(t.user_attrs.get(BASELINE_PARAM) == ERM for t in study.get_trials(deepcopy=False))
+        if not has_baseline and n_trials < 2:
             raise ValueError(f"amp_search: n_trials={n_trials} counts the ERM baseline; give at least 2")
+        if not has_baseline:  # a resumed study has run it (or has it waiting) already
+            study.enqueue_trial({BASELINE_PARAM: ERM}, user_attrs={BASELINE_PARAM: ERM})
 
     originals: dict[str, Any] = {}
     space = with_erm_baseline(hp_space)

@@ -321,8 +321,12 @@ def test_erm_runs_once_first_and_every_trial_its_own_settings_on_one_seed(tmp_pa
         spaces.append(space_fn(trial))
         return spaces[-1]
 
+    storage = optuna.storages.InMemoryStorage()
+    search = functools.partial(amp_search, trainer, hp_space=hp_space, storage=storage, study_name="amp")
+    with pytest.raises(ValueError, match="n_trials=1 counts the ERM baseline"):
+        search(n_trials=1)
     with caplog.at_level("WARNING", logger="amp_hf.search"):
-        result = amp_search(trainer, n_trials=5, hp_space=hp_space, sampler=optuna.samplers.RandomSampler(seed=1))
+        result = search(n_trials=5, sampler=optuna.samplers.RandomSampler(seed=1))
     assert "metric_for_best_model is not set" in caplog.text  # scored on the last eval_loss: said, not silent
 
     assert len(recorder.configs) == len(recorder.train_logs) == 5
@@ -358,6 +362,10 @@ def test_erm_runs_once_first_and_every_trial_its_own_settings_on_one_seed(tmp_pa
     amp_order = sorted(range(4), key=lambda i: values[i + 1])
     assert candidates_from(result, top=2) == [spaces[i] for i in amp_order[:2]]
     assert [json.loads(word) for word in shlex.split(candidates_argument(result, top=2))] == candidates_from(result, 2)
+
+    # Resumed (same storage and study name), the search goes on with AMP trials: ERM is not run again.
+    more = search(n_trials=1, sampler=optuna.samplers.RandomSampler(seed=2))
+    assert len(more.study.trials) == 6 and [c.inner_steps == 0 for c in recorder.configs].count(True) == 1
 
     # The ERM trial is the plain Trainer: same model, data and seed give the very same validation loss.
     plain = Trainer(
