@@ -10,6 +10,11 @@ reproduced after the recommendation moves. `name` alone is the newest version.
 
 Each preset names the study entry it rests on (`benchmarks/results/recommended.json`, written by the benchmark that
 chose it; tests/test_presets.py checks that the values shipped here match that file) and where its numbers are.
+
+Two kinds: a *recommendation* is what a study chose for the case its `when` describes; a *method* (`sam`, `asam`) is
+a method from the literature at its usual settings, named so that a comparison reads naturally
+(`python -m amp_hf.compare --candidates sam asam cnn_long_noisy ...`). No study recommends a method: its evidence
+says what the studies measured with it. `listing()` shows every preset with its kind.
 """
 
 from __future__ import annotations
@@ -20,6 +25,12 @@ from types import MappingProxyType
 from typing import Any
 
 from .config import PATTERN_FIELDS, AMPConfig
+
+RECOMMENDATION = "recommendation"
+"""The kind of a preset a study chose for the case its `when` describes."""
+METHOD = "method"
+"""The kind of a preset that is a literature method at its usual settings: a candidate, not a recommendation."""
+KINDS = (RECOMMENDATION, METHOD)
 
 EVIDENCE_FILE = "benchmarks/results/recommended.json"
 """The file, relative to the repository root, where the studies write the settings they chose and their numbers."""
@@ -48,7 +59,21 @@ class Preset:
     evidence: str
     """Where the numbers are, in a few words."""
     study_entry: str | None
-    """The key of recommended.json whose "args" equal `settings`; None for a preset no study chose (`reference`)."""
+    """The key of recommended.json whose "args" equal `settings`; None for a preset no study chose (`reference`, the
+    methods)."""
+    kind: str = RECOMMENDATION
+    """`RECOMMENDATION` or `METHOD` (see the module's docstring)."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"Preset {self.name}: kind must be one of {KINDS}, got {self.kind!r}")
+        if self.kind == METHOD and self.study_entry is not None:
+            raise ValueError(f"Preset {self.name}: a method is no study's recommendation; study_entry must be None")
+
+    @property
+    def is_method(self) -> bool:
+        """Whether this is a method from the literature (a candidate to compare), not a recommendation."""
+        return self.kind == METHOD
 
     def arguments(self) -> dict[str, Any]:
         """Every scalar `amp_*` argument: the defaults, overridden by the preset's settings."""
@@ -66,6 +91,13 @@ REFERENCE = MappingProxyType(
     {"amp_epsilon": 0.5, "amp_inner_lr": 1.0, "amp_inner_steps": 1, "amp_norm": "tensor", "amp_ascent_fraction": 1.0}
 )
 """The reference implementation's settings, written out (they are also the argument defaults)."""
+SAM = MappingProxyType({"amp_inner_steps": 1, "amp_norm": "global", "amp_epsilon": 0.05, "amp_inner_lr": 100.0})
+"""SAM (Foret et al., ICLR 2021) at its usual ρ = 0.05: K = 1, one ball over all perturbed tensors, and ζ = 100 so that
+the first ascent step lands on the sphere (Δ = ρ·g/‖g‖ whenever ‖g‖ > ρ/ζ = 5e-4), SAM's normalised step. The values
+of benchmarks/methods.py's SAM_GLOBAL, which the transfer and frontier studies measured."""
+ASAM = MappingProxyType({"amp_inner_steps": 1, "amp_norm": "elementwise", "amp_epsilon": 0.5, "amp_inner_lr": 100.0})
+"""ASAM (Kwon et al., ICML 2021) at its usual ρ = 0.5: the elementwise scale-invariant ball, ζ = 100 for its normalised
+step. The values of the transfer study's "asam ε=0.5" (benchmarks/transfer.py)."""
 
 _ALL: tuple[Preset, ...] = (
     Preset(
@@ -122,6 +154,30 @@ _ALL: tuple[Preset, ...] = (
         evidence="the paper's tables (docs/how-it-works.md); full AMP in the frontier study (docs/cheap-amp.md)",
         study_entry=None,
     ),
+    Preset(
+        name="sam",
+        version=1,
+        settings=SAM,
+        when="a method, not a recommendation: SAM at the literature's usual ρ = 0.05 (global ball, K = 1, the ascent "
+        "step on the sphere), as a candidate to compare with ERM on your task",
+        evidence="not a recommendation; measured as sam_global ε=0.05 in the transfer study: within noise on clean "
+        "held-out text (-0.16 ± 1.14 points, 2/5 seeds), -2.12 ± 0.96 with 20% wrong labels (3/3), and it stalled on "
+        "a text tuning seed (docs/transfer-study.md, benchmarks/results/transfer.md)",
+        study_entry=None,
+        kind=METHOD,
+    ),
+    Preset(
+        name="asam",
+        version=1,
+        settings=ASAM,
+        when="a method, not a recommendation: ASAM at the literature's usual ρ = 0.5 (elementwise scale-invariant "
+        "ball, K = 1, the ascent step on the sphere), as a candidate to compare with ERM on your task",
+        evidence="not a recommendation; measured as asam ε=0.5 in the transfer study: 21% more test errors than ERM on "
+        "clean held-out MNIST (0/3 seeds), within noise with 20% wrong labels (-0.56 ± 1.23 points) "
+        "(docs/transfer-study.md, benchmarks/results/transfer.md)",
+        study_entry=None,
+        kind=METHOD,
+    ),
 )
 
 PRESETS: Mapping[str, Preset] = MappingProxyType(
@@ -133,6 +189,18 @@ PRESETS: Mapping[str, Preset] = MappingProxyType(
 def names() -> list[str]:
     """The preset names `amp_preset` accepts (each also as `name@version`)."""
     return sorted(PRESETS)
+
+
+def method_names() -> list[str]:
+    """The presets that are methods from the literature (`sam`, `asam`): candidates to compare, not recommendations."""
+    return sorted(name for name, preset in PRESETS.items() if preset.is_method)
+
+
+def listing() -> str:
+    """One line per preset (newest versions): `name@version`, its kind, and when it is for; methods last."""
+    ordered = sorted(PRESETS.values(), key=lambda p: (p.is_method, p.name))
+    width = max(len(p.key) for p in ordered)
+    return "\n".join(f"{p.key:<{width}}  {p.kind:<14}  {p.when}" for p in ordered)
 
 
 def find_preset(name: str) -> Preset:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from transformers import Seq2SeqTrainingArguments, TrainingArguments
 
 from .config import NORMS, AMPConfig
-from .presets import DEFAULT_ARGUMENTS, SCALAR_ARGUMENTS, find_preset
+from .presets import DEFAULT_ARGUMENTS, SCALAR_ARGUMENTS, find_preset, method_names
 from .presets import names as preset_names
 
 logger = logging.getLogger(__name__)
@@ -82,7 +82,9 @@ class AMPArgumentsMixin:
         default=None,
         metadata={
             "help": "Fill every amp_* argument not given explicitly from a named, versioned preset of amp_hf.presets "
-            f"({', '.join(preset_names())}; 'name@version' pins a version); explicit amp_* values win. "
+            f"({', '.join(n for n in preset_names() if n not in method_names())}; and the literature's methods at "
+            f"their usual settings, candidates to compare rather than recommendations: {', '.join(method_names())}; "
+            "'name@version' pins a version); explicit amp_* values win. "
             "Default: no preset (the reference defaults)."
         },
     )
@@ -108,7 +110,13 @@ class AMPArgumentsMixin:
                     self.amp_preset,
                     ", ".join(given),
                 )
-            logger.info("amp_preset %s: %s (explicit, kept: %s)", preset.key, dict(preset.settings), given or "none")
+            logger.info(
+                "amp_preset %s%s: %s (explicit, kept: %s)",
+                preset.key,
+                " (a method from the literature, not a recommendation)" if preset.is_method else "",
+                dict(preset.settings),
+                given or "none",
+            )
         for name in SCALAR_ARGUMENTS:
             if name not in self._amp_given:
                 setattr(self, name, values[name])

@@ -2,9 +2,11 @@
 
 import json
 import re
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
+from transformers import HfArgumentParser
 
 from amp_hf import AMPConfig, AMPTrainingArguments
 from amp_hf import presets as presets_module
@@ -72,3 +74,68 @@ def test_preset_config_for_code_outside_the_trainer():
     assert not presets_module.preset_config("finetune").enabled
     with pytest.raises(ValueError, match="amp_preset"):
         presets_module.preset_config("nope")
+
+
+# ------------------------------------------------------------------------- the literature's methods: sam, asam
+def measured(name: str) -> dict:
+    """A study's candidate, as the transfer study ran it (benchmarks/transfer.py's ALL_CANDIDATES)."""
+    from benchmarks.transfer import ALL_CANDIDATES
+
+    return next(method.kwargs for method in ALL_CANDIDATES if method.name == name)
+
+
+def test_sam_and_asam_are_the_settings_the_studies_measured():
+    from benchmarks.methods import SAM_GLOBAL
+
+    assert (
+        get_preset("sam")
+        == {**DEFAULT_ARGUMENTS, **SAM_GLOBAL.kwargs}
+        == {**DEFAULT_ARGUMENTS, **measured("sam_global ε=0.05")}
+    )
+    assert get_preset("asam") == {**DEFAULT_ARGUMENTS, **measured("asam ε=0.5")}
+    sam, asam = (presets_module.preset_config(name) for name in ("sam", "asam"))
+    assert (sam.norm, sam.epsilon, sam.inner_lr, sam.inner_steps, sam.ascent_fraction) == (
+        "global",
+        0.05,
+        100.0,
+        1,
+        1.0,
+    )
+    assert (asam.norm, asam.epsilon, asam.inner_lr, asam.inner_steps) == ("elementwise", 0.5, 100.0, 1)
+    assert find_preset("sam@1") is PRESETS["sam"] and find_preset("asam@1") is PRESETS["asam"]
+
+
+def test_methods_are_marked_as_methods_not_recommendations():
+    assert presets_module.method_names() == ["asam", "sam"]
+    for name, preset in PRESETS.items():
+        assert preset.is_method == (name in ("sam", "asam")), name
+        if preset.is_method:
+            assert preset.kind == presets_module.METHOD and preset.study_entry is None
+            assert "not a recommendation" in preset.when and "not a recommendation" in preset.evidence
+        else:
+            assert preset.kind == presets_module.RECOMMENDATION
+    lines = {line.split()[0]: line.split()[1] for line in presets_module.listing().splitlines()}
+    assert lines == {p.key: p.kind for p in PRESETS.values()}
+    with pytest.raises(ValueError, match="study_entry"):
+        presets_module.Preset("x", 1, {}, "w", "e", study_entry="cnn", kind=presets_module.METHOD)
+    help_text = next(f for f in fields(AMPTrainingArguments) if f.name == "amp_preset").metadata["help"]
+    assert re.search(r"methods.*rather than recommendations: asam, sam", help_text)
+
+
+def test_sam_preset_from_the_command_line_puts_delta_on_the_sphere(tmp_path):
+    """`--amp_preset sam` through HfArgumentParser; trained one step, ‖Δ‖ is ρ = 0.05 exactly: SAM's normalised step."""
+    from helpers import DictDataset, TinyClassifier
+
+    from amp_hf import AMPTrainer
+
+    flags = ["--output_dir", str(tmp_path), "--report_to", "none", "--use_cpu", "--max_steps", "2", "--logging_steps"]
+    (args,) = HfArgumentParser(AMPTrainingArguments).parse_args_into_dataclasses([*flags, "1", "--amp_preset", "sam"])
+    assert args.amp_config == AMPConfig(norm="global", epsilon=0.05, inner_lr=100.0, inner_steps=1)
+    (explicit,) = HfArgumentParser(AMPTrainingArguments).parse_args_into_dataclasses(
+        [*flags, "1", "--amp_preset", "asam", "--amp_epsilon", "0.1"]
+    )
+    assert explicit.amp_config == AMPConfig(norm="elementwise", epsilon=0.1, inner_lr=100.0, inner_steps=1)
+    trainer = AMPTrainer(model=TinyClassifier(), args=args, train_dataset=DictDataset(n=8))
+    trainer.train()
+    deltas = [entry["amp_delta_norm"] for entry in trainer.state.log_history if "amp_delta_norm" in entry]
+    assert len(deltas) == 2 and deltas == pytest.approx([0.05, 0.05], rel=1e-5)
