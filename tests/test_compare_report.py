@@ -24,8 +24,12 @@ def write_run(root: Path, candidate: str, seed: int, evals: list[float], *, best
     if after is not None:
         history.append({"step": 10 * len(evals), "eval_accuracy": after})
     best = None if best_step is None else max(evals)
-    state = {"log_history": history, "best_metric": best, "best_global_step": best_step,
-             "best_model_checkpoint": None if best_step is None else str(folder / f"checkpoint-{best_step}")}
+    state = {
+        "log_history": history,
+        "best_metric": best,
+        "best_global_step": best_step,
+        "best_model_checkpoint": None if best_step is None else str(folder / f"checkpoint-{best_step}"),
+    }
     (folder / "trainer_state.json").write_text(json.dumps(state))
     args = {"load_best_model_at_end": early, "metric_for_best_model": "accuracy", "greater_is_better": True}
     (folder / "compare_run.json").write_text(json.dumps({"training_args": args, "amp_config": amp}))
