@@ -71,11 +71,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CompareError as error:
         print(f"amp_hf.compare: error: {error}", file=sys.stderr)
         return 2
+
+    def number(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.4g}"
+
     for c in report.candidates[1:]:
         h = c.to_dict()
+        ci = "n/a" if h["ci95"] is None else f"[{number(h['ci95'][0])}, {number(h['ci95'][1])}]"
         print(
-            f"{c.name}: {h['verdict']} (difference {h['mean_difference']}, 95% CI {h['ci95']}, "
-            f"wins {h['wins']}/{h['n']}, time ratio {h['time_ratio']})"
+            f"{c.name}: {h['verdict']} ({report.headline_label()}: difference {number(h['mean_difference'])}, "
+            f"95% CI {ci}, wins {h['wins']}/{h['n']}, time ratio {number(h['time_ratio'])})"
         )
     print(f"report: {args.output_dir}/{MARKDOWN_FILE}, {args.output_dir}/{JSON_FILE}")
     return 1 if report.missing else 0
