@@ -29,7 +29,7 @@ def parser() -> argparse.ArgumentParser:
         prog="python -m amp_hf.compare",
         description="Does AMP (Adversarial Model Perturbation) help my task? Runs your training command once per "
         "(candidate, seed), ERM always included, and compares each candidate with ERM on paired seeds: mean "
-        "difference, 95%% confidence interval, seeds won, time ratio and a verdict (docs/compare.md).",
+        "difference, 95% confidence interval, seeds won, time ratio and a verdict (docs/compare.md).",
         usage="%(prog)s --seeds S [S ...] --candidates C [C ...] --output_dir DIR [options] -- COMMAND ...",
     )
     p.add_argument("--seeds", type=int, nargs="+", required=True, help="the paired seeds (two or more for an interval)")
