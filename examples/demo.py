@@ -146,7 +146,7 @@ def plot(summary: dict[str, Any], path: Path, title: str) -> None:
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(9.5, 3.6))
     for method, color in (("ERM", "tab:red"), ("AMP", "tab:blue")):
-        for i, (seed, run) in enumerate(sorted(summary["methods"][method]["runs"].items())):
+        for i, (_, run) in enumerate(sorted(summary["methods"][method]["runs"].items())):
             epochs = range(1, len(run["test_error_per_epoch"]) + 1)
             label = f"{method}" if i == 0 else None
             left.plot(epochs, run["test_error_per_epoch"], color=color, alpha=0.8, lw=1.2, label=label)
@@ -183,10 +183,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     what = "MNIST-5k" if cli.data == "mnist" else "Fashion-MNIST"
     print(
-        f"{what}: {cli.train_size} training and {cli.val_size} validation images ({NOISE_RATE:.0%} with a wrong label), "
-        f"{cli.test_size} clean test images; BatchNorm ResNet from scratch, SGD, {cli.epochs} epochs. ERM against "
-        f"AMP (amp_preset={PRESET!r}) on seeds {' '.join(map(str, cli.seeds))}, {cli.parallel} runs at a time, both "
-        "early-stopped on the validation error.",
+        f"{what}: {cli.train_size} training and {cli.val_size} validation images ({NOISE_RATE:.0%} with a wrong "
+        f"label), {cli.test_size} clean test images; BatchNorm ResNet from scratch, SGD, {cli.epochs} epochs. ERM "
+        f"against AMP (amp_preset={PRESET!r}) on seeds {' '.join(map(str, cli.seeds))}, {cli.parallel} runs at a "
+        "time, both early-stopped on the validation error.",
         flush=True,
     )
     from amp_hf.compare import run_comparison  # imports torch and transformers: after the first line is printed

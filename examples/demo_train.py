@@ -69,10 +69,12 @@ def splits(args: DemoDataArguments, seed: int) -> dict[str, torch.utils.data.Dat
         train, val, test = mnist_5k_tensors()
     else:
         train, val, test = fashion_mnist_tensors(args.train_size, args.val_size, args.test_size)
+    sizes = {"train": args.train_size, "validation": args.val_size, "test": args.test_size}
+    flags = {"train": "--train_size", "validation": "--val_size", "test": "--test_size"}
     out = {}
-    for name, rows, n in (("train", train, args.train_size), ("validation", val, args.val_size), ("test", test, args.test_size)):
+    for (name, n), rows in zip(sizes.items(), (train, val, test)):
         if n > len(rows["labels"]):
-            raise ValueError(f"--{name.replace('validation', 'val')}_size: {args.data} has {len(rows['labels'])}, got {n}")
+            raise ValueError(f"{flags[name]}: {args.data} has {len(rows['labels'])} {name} images, got {n}")
         rows = {k: v[:n] for k, v in rows.items()}
         if name != "test" and args.noise_rate > 0:
             noisy, _ = add_label_noise(rows["labels"].numpy(), 10, args.noise_rate, seed, name)
