@@ -61,6 +61,7 @@ TESTS_457 := tests/test_trainer.py tests/test_trainer_loss.py tests/test_trainer
 TESTS_457 += tests/test_config.py tests/test_training_args.py tests/test_perturbation.py tests/test_batch.py
 TESTS_457 += tests/test_sharding.py tests/test_process_group.py tests/test_distributed.py
 TESTS_457 += tests/test_integrations.py tests/test_examples.py
+TESTS_457 += tests/test_compare_recording.py tests/test_compare_inprocess.py  # compare reads what the Trainer writes
 
 test-457: install-457 data
 	$(VENV_457)/bin/python -c "import transformers; assert transformers.__version__ == '4.57.6', transformers.__version__"

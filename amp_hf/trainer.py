@@ -58,6 +58,7 @@ except ImportError:  # pragma: no cover - depends on the torch build
 
 from . import deepspeed_engine, selection, trainer_versions
 from .batch import head_of_batch
+from .compare.recording import add_comparison_recorder
 from .config import AMPConfig
 from .perturbation import AscentResult, ThetaBuffers, on_every_process, perturbed_weights
 from .running_stats import RunningStatsSnapshot
@@ -106,6 +107,7 @@ class AMPMixin:
         self._amp_announced = False
         self._amp_warned_descent = False
         self._amp_reentrant: tuple[int, bool] | None = None
+        add_comparison_recorder(self)  # records the run's numbers when amp_hf.compare started it
 
     # ----------------------------------------------------------------------------------------------- configuration
     def _read_amp_config(self, announce_defaults: bool = False) -> AMPConfig:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
+from amp_hf.compare.statistics import paired_difference
+
 from .methods import Method, passes_per_step
 from .tasks import TASKS
 
@@ -15,21 +17,21 @@ TIME_GOAL, SHARE_GOAL = 1.3, 0.8
 
 
 def paired_stats(erm: dict[int, float], amp: dict[int, float]) -> dict[str, Any]:
-    """AMP − ERM over the seeds both have: mean, std, relative change of the mean error, seeds won by AMP, and
-    whether the difference is within noise (|mean| <= std)."""
-    seeds = sorted(set(erm) & set(amp))
-    diffs = [amp[s] - erm[s] for s in seeds]
-    erm_mean = statistics.mean(erm[s] for s in seeds)
-    mean = statistics.mean(diffs)
-    std = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
+    """AMP − ERM (errors: lower is better) over the seeds both have, computed by the library's paired statistics
+    (amp_hf.compare.statistics, written once): mean, std (0 for one seed), relative change of the mean error, seeds
+    won by AMP, and whether the difference is within noise (|mean| <= std). The keys are the ones the committed
+    study reports hold; `paired_difference` itself also gives the t-based 95% interval and verdict."""
+    paired = paired_difference(erm, amp, greater_is_better=False)
+    erm_mean = statistics.mean(erm[s] for s in paired.seeds)
+    std = paired.std if paired.std is not None else 0.0
     return {
-        "seeds": seeds,
-        "differences": diffs,
-        "mean": mean,
+        "seeds": paired.seeds,
+        "differences": paired.differences,
+        "mean": paired.mean,
         "std": std,
-        "relative_change": mean / erm_mean if erm_mean else 0.0,
-        "wins": sum(d < 0 for d in diffs),
-        "within_noise": abs(mean) <= std,
+        "relative_change": paired.mean / erm_mean if erm_mean else 0.0,
+        "wins": paired.wins,
+        "within_noise": abs(paired.mean) <= std,
     }
 
 

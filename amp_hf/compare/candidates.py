@@ -1,0 +1,160 @@
+"""What compare compares: ERM plus the user's candidates, each a preset name or a JSON object of `amp_*` arguments,
+validated before anything runs and turned into the flags appended to the user's command."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..config import PATTERN_FIELDS, AMPConfig
+from ..presets import DEFAULT_ARGUMENTS, ERM, SCALAR_ARGUMENTS, find_preset
+from ..presets import names as preset_names
+
+ERM_NAME = "erm"
+"""Plain ERM's candidate name; it is always compared (with `--amp_inner_steps 0`, the plain Trainer bit for bit)."""
+
+AMP_ARGUMENTS: tuple[str, ...] = (*SCALAR_ARGUMENTS, *(f"amp_{p}" for p in PATTERN_FIELDS), "amp_preset")
+"""Every argument a JSON candidate may set."""
+SCALAR_FLAGS = frozenset({*(f"--{name}" for name in SCALAR_ARGUMENTS), "--amp_preset"})
+"""The flags the candidates set, which the user's command must leave to them."""
+
+_SHORT = {
+    "amp_epsilon": "eps",
+    "amp_inner_steps": "k",
+    "amp_inner_lr": "lr",
+    "amp_norm": "",
+    "amp_interval": "every",
+    "amp_start_step": "start",
+    "amp_ascent_fraction": "f",
+    "amp_preset": "",
+    "amp_include": "inc",
+    "amp_exclude": "exc",
+}
+"""Slug parts: `{"amp_norm": "global", "amp_epsilon": 0.05}` is named `global-eps0.05`."""
+
+
+class CompareError(ValueError):
+    """Bad input to compare (a candidate, the command, a seed, a metric): the message names it and what is allowed."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One compared setting: its name (a run folder's name), and the `amp_*` arguments its runs get."""
+
+    name: str
+    arguments: Mapping[str, Any]
+    """{"amp_preset": "cnn_long_noisy"}, {"amp_inner_steps": 0} (ERM) or the JSON object's amp_* arguments."""
+
+    def flags(self) -> list[str]:
+        """The command-line flags of `arguments`, as HfArgumentParser reads them (a list is separate words)."""
+        out: list[str] = []
+        for key, value in self.arguments.items():
+            values = value if isinstance(value, (list, tuple)) else [value]
+            out += [f"--{key}", *(str(v) for v in values)]
+        return out
+
+    @property
+    def is_erm(self) -> bool:
+        return self.name == ERM_NAME
+
+
+ERM_CANDIDATE = Candidate(ERM_NAME, dict(ERM))
+
+
+def _check_arguments(arguments: Mapping[str, Any], where: str) -> None:
+    """Refuses keys that are not amp_* arguments and values AMPConfig refuses, naming them."""
+    unknown = [key for key in arguments if key not in AMP_ARGUMENTS]
+    if unknown:
+        raise CompareError(
+            f"candidate {where}: {', '.join(map(repr, unknown))} is not an amp_* argument; a JSON candidate sets "
+            f"only {', '.join(AMP_ARGUMENTS)}"
+        )
+    base = dict(DEFAULT_ARGUMENTS)
+    try:
+        if "amp_preset" in arguments:
+            base = find_preset(arguments["amp_preset"]).arguments()
+        values = {**base, **arguments}
+        values.pop("amp_preset", None)
+        AMPConfig(**{key.removeprefix("amp_"): value for key, value in values.items()})
+    except (ValueError, TypeError) as error:
+        raise CompareError(f"candidate {where}: {error}") from None
+
+
+def _slug(arguments: Mapping[str, Any]) -> str:
+    parts = []
+    for key, value in arguments.items():
+        text = "+".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+        parts.append(_SHORT.get(key, key.removeprefix("amp_")) + text)
+    return re.sub(r"[^A-Za-z0-9._@+=-]", "_", "-".join(parts)) or "amp-defaults"
+
+
+def parse_candidate(spec: str | Mapping[str, Any]) -> Candidate:
+    """A candidate from a preset name ("cnn_long_noisy", "name@1"), "erm", a JSON object of amp_* arguments (a string
+    or a mapping), or "name=JSON" to name a JSON candidate. A CompareError names what is wrong."""
+    name: str | None = None
+    if isinstance(spec, Mapping):
+        arguments = dict(spec)
+    elif isinstance(spec, str):
+        text = spec.strip()
+        head, eq, tail = text.partition("=")
+        if eq and tail.lstrip().startswith("{") and not head.lstrip().startswith("{"):
+            name, text = head.strip(), tail.strip()
+            if not re.fullmatch(r"[A-Za-z0-9._@+-]+", name):
+                raise CompareError(f"candidate name {name!r}: use letters, digits and . _ @ + - (it names a folder)")
+        if not text.startswith("{"):
+            if text == ERM_NAME:
+                return ERM_CANDIDATE
+            try:
+                find_preset(text)
+            except ValueError:
+                raise CompareError(
+                    f"candidate {text!r} is neither a preset ({', '.join(preset_names())}, or name@version), "
+                    f"{ERM_NAME!r}, nor a JSON object of amp_* arguments"
+                ) from None
+            return Candidate(text, {"amp_preset": text})
+        try:
+            arguments = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise CompareError(f"candidate {spec!r} is not valid JSON: {error}") from None
+        if not isinstance(arguments, dict):
+            raise CompareError(f"candidate {spec!r} must be a JSON object of amp_* arguments")
+    else:
+        raise CompareError(f"a candidate is a preset name or a mapping of amp_* arguments, got {spec!r}")
+    if not arguments:
+        raise CompareError("an empty candidate {} is AMP's reference defaults: name them as the preset 'reference'")
+    _check_arguments(arguments, repr(spec))
+    return Candidate(name or _slug(arguments), arguments)
+
+
+def parse_candidates(specs: Sequence[str | Mapping[str, Any]]) -> list[Candidate]:
+    """ERM first, then each candidate once (a repeated ERM is dropped); two candidates with one name are refused."""
+    out = [ERM_CANDIDATE]
+    for spec in specs:
+        candidate = parse_candidate(spec)
+        if candidate.is_erm and dict(candidate.arguments) == dict(ERM):
+            continue
+        clash = next((c for c in out if c.name == candidate.name), None)
+        if clash is not None:
+            if dict(clash.arguments) == dict(candidate.arguments):
+                continue
+            raise CompareError(
+                f"two candidates are named {candidate.name!r} ({dict(clash.arguments)} and "
+                f"{dict(candidate.arguments)}): name one with name=JSON"
+            )
+        out.append(candidate)
+    return out
+
+
+def check_seeds(seeds: Sequence[int]) -> list[int]:
+    """The seeds as ints, refusing none, duplicates and non-integers (a seed is a pairing: each is run once)."""
+    if not seeds:
+        raise CompareError("--seeds: give at least one seed (two or more for a confidence interval)")
+    if any(isinstance(s, bool) or not isinstance(s, int) for s in seeds):
+        raise CompareError(f"--seeds must be integers, got {list(seeds)!r}")
+    repeated = sorted({s for s in seeds if list(seeds).count(s) > 1})
+    if repeated:
+        raise CompareError(f"--seeds lists {', '.join(map(str, repeated))} more than once")
+    return list(seeds)

@@ -1,0 +1,52 @@
+"""amp_hf.compare.candidates: presets, JSON objects and named JSON candidates become flags; bad ones are refused
+naming the key or value, before anything runs."""
+
+from __future__ import annotations
+
+import pytest
+
+from amp_hf.compare.candidates import CompareError, check_seeds, parse_candidate, parse_candidates
+
+
+def test_erm_first_then_presets_and_json_with_stable_names():
+    parsed = parse_candidates(["cnn_long_noisy", '{"amp_norm": "global", "amp_epsilon": 0.05}', "erm"])
+    assert [c.name for c in parsed] == ["erm", "cnn_long_noisy", "global-eps0.05"]  # a listed ERM is not repeated
+    assert parsed[0].flags() == ["--amp_inner_steps", "0"]
+    assert parsed[1].flags() == ["--amp_preset", "cnn_long_noisy"]
+    assert parsed[2].flags() == ["--amp_norm", "global", "--amp_epsilon", "0.05"]
+    named = parse_candidate('small={"amp_epsilon": 0.1, "amp_exclude": ["bias", "norm"]}')
+    assert named.name == "small" and named.flags() == ["--amp_epsilon", "0.1", "--amp_exclude", "bias", "norm"]
+    assert parse_candidate({"amp_preset": "reference", "amp_ascent_fraction": 0.5}).name == "reference-f0.5"
+    assert parse_candidate("cnn_long_noisy@1").flags() == ["--amp_preset", "cnn_long_noisy@1"]
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("cnn_short", "neither a preset .*cnn_long_noisy"),
+        ('{"learning_rate": 0.1}', "'learning_rate' is not an amp_\\* argument"),
+        ('{"amp_norm": "ball"}', "amp_norm must be one of"),
+        ('{"amp_epsilon": -1}', "amp_epsilon must be >= 0"),
+        ('{"amp_preset": "nope"}', "amp_preset must be one of"),
+        ('{"amp_epsilon": 0.1', "not valid JSON"),
+        ("[1, 2]", "neither a preset"),
+        ("{}", "reference defaults"),
+        ('a b={"amp_epsilon": 0.1}', "candidate name 'a b'"),
+    ],
+)
+def test_bad_candidates_are_refused_naming_the_problem(spec, message):
+    with pytest.raises(CompareError, match=message):
+        parse_candidates([spec])
+
+
+def test_two_candidates_with_one_name_are_refused():
+    with pytest.raises(CompareError, match="two candidates are named 'x'"):
+        parse_candidates(['x={"amp_epsilon": 0.1}', 'x={"amp_epsilon": 0.2}'])
+
+
+def test_seeds():
+    assert check_seeds([3, 1]) == [3, 1]
+    with pytest.raises(CompareError, match="at least one seed"):
+        check_seeds([])
+    with pytest.raises(CompareError, match="lists 1 more than once"):
+        check_seeds([1, 2, 1])
