@@ -1,5 +1,5 @@
-"""`make demo`: does AMP beat the baseline you already have? `amp_hf.compare` answers it on a small CNN, in about
-two minutes on 2 CPU cores.
+"""`make demo`: does AMP beat the baseline you already have? `amp_hf.compare` answers it on a small CNN, in under 2.5
+minutes on 2 CPU cores (149 s measured with another job beside it; docs/demo.md).
 
 AMP here is Adversarial Model Perturbation (a regulariser), not automatic mixed precision. The demo hands an
 ordinary Hugging Face training script (`examples/demo_train.py`) to `amp_hf.compare.run_comparison`, which runs it
@@ -137,7 +137,7 @@ def sentence(table: dict[str, dict[str, Any]], verdicts: dict[str, Any], erm_los
         f"({final['mean_difference']:+.2f}); ERM {'memorised' if erm_loss < 0.05 else 'fitted'} the wrong labels "
         f"(final training loss {erm_loss:.3f}), AMP {'did not' if amp_loss > 0.2 else 'too'} ({amp_loss:.2f}). "
         f"compare's verdict against early-stopped ERM on {n} seeds: {verdicts.get('verdict')} (95% interval "
-        f"{interval} points); docs/demo.md has the same setting on 5 more seeds."
+        f"{interval} points); docs/demo.md checks the same setting on seeds 0-4."
     )
 
 
