@@ -80,12 +80,16 @@ def run_history(folder: Path) -> dict[str, Any]:
     }
 
 
+def erm_name(report: dict[str, Any]) -> str:
+    """ERM's candidate name in compare.json: the one candidate that is not the preset."""
+    return next(c["name"] for c in report["candidates"] if c["name"] != PRESET)
+
+
 def summarise(report: dict[str, Any], folders: dict[str, dict[int, Path]]) -> dict[str, Any]:
     """ERM's and AMP's test errors per seed and baseline (from compare.json), with each run's history."""
     by_name = {c["name"]: c for c in report["candidates"]}
-    erm_name = next(name for name in by_name if name not in (PRESET,))
     out: dict[str, Any] = {"seeds": report["seeds"], "methods": {}}
-    for method, name in (("ERM", erm_name), ("AMP", PRESET)):
+    for method, name in (("ERM", erm_name(report)), ("AMP", PRESET)):
         entry = by_name[name]
         runs = {int(seed): run_history(folders[name][int(seed)]) for seed in entry["values"]}
         out["methods"][method] = {
@@ -94,31 +98,21 @@ def summarise(report: dict[str, Any], folders: dict[str, dict[int, Path]]) -> di
             "final": {int(s): v for s, v in entry["final"]["values"].items()},
             "runs": runs,
         }
-    amp = by_name[PRESET]
-    out["compare"] = {key: amp.get(key) for key in ("mean_difference", "std_difference", "ci95", "wins", "n",
-                                                   "verdict", "time_ratio")}  # fmt: skip
-    out["compare"]["final"] = {key: amp["final"].get(key) for key in ("mean_difference", "std_difference", "ci95",
-                                                                     "wins", "n", "verdict")}  # fmt: skip
     return out
 
 
-def paired(summary: dict[str, Any], baseline: str) -> dict[str, Any]:
-    """Means over the seeds both methods have, the paired differences (AMP − ERM), their spread and AMP's wins."""
-    erm, amp = summary["methods"]["ERM"][baseline], summary["methods"]["AMP"][baseline]
-    seeds = sorted(set(erm) & set(amp))
-    diffs = [amp[s] - erm[s] for s in seeds]
-    return {
-        "erm": statistics.mean(erm[s] for s in seeds),
-        "amp": statistics.mean(amp[s] for s in seeds),
-        "differences": dict(zip(seeds, diffs)),
-        "mean_difference": statistics.mean(diffs),
-        "std_difference": statistics.stdev(diffs) if len(diffs) > 1 else 0.0,
-        "wins": sum(d < 0 for d in diffs),
-        "n": len(seeds),
-    }
+def paired(report: dict[str, Any], baseline: str) -> dict[str, Any]:
+    """compare's numbers at one baseline ("best": the headline, the best-validation checkpoint; "final"): ERM's and
+    AMP's means over the paired seeds, the paired differences (AMP − ERM), their mean, spread, interval and wins."""
+    by_name = {c["name"]: c for c in report["candidates"]}
+    erm, amp = by_name[erm_name(report)], by_name[PRESET]
+    if baseline == "final":
+        erm, amp = erm["final"], amp["final"]
+    keys = ("differences", "mean_difference", "std_difference", "ci95", "wins", "n", "verdict")
+    return {"erm": erm["mean"], "amp": amp["mean"], **{key: amp[key] for key in keys}}
 
 
-def sentence(table: dict[str, dict[str, Any]], verdicts: dict[str, Any], erm_loss: float, amp_loss: float) -> str:
+def sentence(table: dict[str, dict[str, Any]], erm_loss: float, amp_loss: float) -> str:
     """One honest sentence: whether AMP's test error was below ERM's at both baselines on every seed, and what
     compare's verdict (a t-based 95% interval over so few seeds) can and cannot say."""
     best, final = table["best"], table["final"]
@@ -130,13 +124,13 @@ def sentence(table: dict[str, dict[str, Any]], verdicts: dict[str, Any], erm_los
         else f"AMP's test error was below ERM's on {best['wins']} of {n} seeds at the best-validation checkpoint and "
         f"{final['wins']} of {n} with the final weights"
     )
-    interval = " to ".join(f"{v:+.1f}" for v in verdicts["ci95"]) if verdicts.get("ci95") else "none"
+    interval = " to ".join(f"{v:+.1f}" for v in best["ci95"]) if best.get("ci95") else "none"
     return (
         f"{head}: {best['amp']:.2f}% against {best['erm']:.2f}% with early stopping "
         f"({best['mean_difference']:+.2f} points), {final['amp']:.2f}% against {final['erm']:.2f}% at the end "
         f"({final['mean_difference']:+.2f}); ERM {'memorised' if erm_loss < 0.05 else 'fitted'} the wrong labels "
         f"(final training loss {erm_loss:.3f}), AMP {'did not' if amp_loss > 0.2 else 'too'} ({amp_loss:.2f}). "
-        f"compare's verdict against early-stopped ERM on {n} seeds: {verdicts.get('verdict')} (95% interval "
+        f"compare's verdict against early-stopped ERM on {n} seeds: {best['verdict']} (95% interval "
         f"{interval} points); docs/demo.md checks the same setting on seeds 0-4."
     )
 
@@ -203,7 +197,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     names = [c["name"] for c in report["candidates"]]
     folders = {name: {s: cli.out / "runs" / name / f"seed-{s}" for s in cli.seeds} for name in names}
     summary = summarise(report, folders)
-    table = {baseline: paired(summary, baseline) for baseline in BASELINES}
+    table = {baseline: paired(report, baseline) for baseline in BASELINES}
     erm_runs, amp_runs = summary["methods"]["ERM"]["runs"].values(), summary["methods"]["AMP"]["runs"].values()
     erm_loss = statistics.mean(r["train_loss_per_epoch"][-1] for r in erm_runs)
     amp_loss = statistics.mean(r["train_loss_per_epoch"][-1] for r in amp_runs)
@@ -219,7 +213,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ratio = amp_time / erm_time
     print(f"{'training time per run (s)':35s}{erm_time:8.1f}{amp_time:8.1f}{ratio:9.2f}x  (wall time: the runs share "
           "the cores, so it moves with the load)")  # fmt: skip
-    summary_sentence = sentence(table, summary["compare"], erm_loss, amp_loss)
+    summary_sentence = sentence(table, erm_loss, amp_loss)
     print("\n" + summary_sentence)
 
     results = {
@@ -241,7 +235,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "epochs": cli.epochs,
         "noise_rate": NOISE_RATE,
         "summary": summary_sentence,
-        "compare": summary["compare"],
+        "time_ratio": next(c for c in report["candidates"] if c["name"] == PRESET)["time_ratio"],
         "runs": {method: summary["methods"][method]["runs"] for method in ("ERM", "AMP")},
         "wall_seconds": round(time.perf_counter() - started, 1),
     }
