@@ -26,3 +26,10 @@ def test_errors_name_the_flag_and_exit_2(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([*base, "--candidates", "reference"])  # no command after --
     assert "give the training command after --" in capsys.readouterr().err
+
+
+def test_help_reads_as_written(capsys):
+    with pytest.raises(SystemExit):
+        parser().parse_args(["--help"])
+    text = capsys.readouterr().out
+    assert "95% confidence interval" in text and "%%" not in text and "-- COMMAND" in text

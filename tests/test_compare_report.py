@@ -84,3 +84,14 @@ def test_a_metric_no_run_has_lists_what_they_have(tmp_path):
         build_report(parse_candidates([]), [0], records, [], metric="f1")
     with pytest.raises(CompareError, match="no run finished"):
         build_report(parse_candidates([]), [0], {}, [{"candidate": "erm", "seed": 0, "reason": "it exited 1"}])
+
+
+def test_the_plot_is_skipped_with_a_note_without_matplotlib(tmp_path, monkeypatch):
+    records = {(n, s): write_run(tmp_path / "runs-here", n, s, [0.5, 0.6 + s / 10], best_step=20, test=0.5 + s / 7)
+               for n in ("erm", "x") for s in (0, 1)}  # fmt: skip
+    candidates = parse_candidates(['x={"amp_epsilon": 0.1}'])
+    monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    build_report(candidates, [0, 1], records, []).write(tmp_path / "out")
+    assert not (tmp_path / "out" / "compare.png").exists()
+    text = (tmp_path / "out" / "compare.md").read_text()
+    assert "Plot: skipped (matplotlib is not installed" in text and "| x | 1 |" in text  # the per-seed table

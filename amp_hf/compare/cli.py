@@ -29,7 +29,7 @@ def parser() -> argparse.ArgumentParser:
         prog="python -m amp_hf.compare",
         description="Does AMP (Adversarial Model Perturbation) help my task? Runs your training command once per "
         "(candidate, seed), ERM always included, and compares each candidate with ERM on paired seeds: mean "
-        "difference, 95%% confidence interval, seeds won, time ratio and a verdict (docs/compare.md).",
+        "difference, 95% confidence interval, seeds won, time ratio and a verdict (docs/compare.md).",
         usage="%(prog)s --seeds S [S ...] --candidates C [C ...] --output_dir DIR [options] -- COMMAND ...",
     )
     p.add_argument("--seeds", type=int, nargs="+", required=True, help="the paired seeds (two or more for an interval)")
@@ -71,11 +71,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CompareError as error:
         print(f"amp_hf.compare: error: {error}", file=sys.stderr)
         return 2
+
+    def number(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.4g}"
+
     for c in report.candidates[1:]:
         h = c.to_dict()
+        ci = "n/a" if h["ci95"] is None else f"[{number(h['ci95'][0])}, {number(h['ci95'][1])}]"
         print(
-            f"{c.name}: {h['verdict']} (difference {h['mean_difference']}, 95% CI {h['ci95']}, "
-            f"wins {h['wins']}/{h['n']}, time ratio {h['time_ratio']})"
+            f"{c.name}: {h['verdict']} ({report.headline_label()}: difference {number(h['mean_difference'])}, "
+            f"95% CI {ci}, wins {h['wins']}/{h['n']}, time ratio {number(h['time_ratio'])})"
         )
     print(f"report: {args.output_dir}/{MARKDOWN_FILE}, {args.output_dir}/{JSON_FILE}")
     return 1 if report.missing else 0

@@ -114,8 +114,9 @@ def log_tail(path: Path, lines: int = TAIL_LINES) -> str:
 
 
 def make_runner(command: Sequence[str], env: Mapping[str, str], parallel: int):
-    """The function that runs one job as a subprocess (for plan.execute)."""
+    """(run_one, abort) for plan.execute: run_one runs one job as a subprocess; abort terminates those in flight."""
     devices = visible_devices(env)
+    live: set[subprocess.Popen] = set()
 
     def run_one(job: Job, slot: int) -> Outcome:
         prepare(job)
@@ -124,12 +125,19 @@ def make_runner(command: Sequence[str], env: Mapping[str, str], parallel: int):
         with open(log, "w") as out:
             out.write("$ " + " ".join(run_command(command, job)) + "\n")
             out.flush()
-            code = subprocess.call(
+            process = subprocess.Popen(
                 run_command(command, job),
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=run_environment(env, job, slot, parallel, devices),
             )
+            live.add(process)
+            try:
+                code = process.wait()
+            finally:
+                live.discard(process)
+                if process.poll() is None:  # interrupted while waiting (one run at a time): stop it
+                    terminate([process])
         seconds = time.perf_counter() - started
         if code == 0 and job.folder.is_dir():
             shutil.move(str(log), job.folder / LOG_FILE)
@@ -145,7 +153,21 @@ def make_runner(command: Sequence[str], env: Mapping[str, str], parallel: int):
             shutil.move(str(log), where)
         return Outcome(job, False, seconds, error, str(where), log_tail(where))
 
-    return run_one
+    return run_one, lambda: terminate(list(live))
+
+
+def terminate(processes: Sequence[subprocess.Popen], grace: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after `grace` seconds: a stopped comparison leaves no run training without it."""
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    deadline = time.monotonic() + grace
+    for process in processes:
+        try:
+            process.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def identity(command: Sequence[str]):

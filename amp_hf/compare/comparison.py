@@ -15,7 +15,7 @@ from typing import Any
 
 from .candidates import Candidate, CompareError, check_seeds, parse_candidates
 from .command import check_command, identity, make_runner
-from .plan import Job, Outcome, execute, mark_done, plan, prepare
+from .plan import Job, Outcome, execute, mark_done, plan, prepare, stop_on_terminate
 from .recording import RUN_ENVIRONMENT
 from .report import ComparisonReport, build_report
 from .runs import RunRecord
@@ -87,7 +87,9 @@ def run_comparison(
         check_command(command, base_env)
     if finished:
         print(f"[compare] {len(finished)} finished runs reused, {len(to_run)} to run", file=sys.stderr, flush=True)
-    outcomes = execute(to_run, make_runner(command, base_env, parallel), parallel, already=len(finished))
+    run_one, abort = make_runner(command, base_env, parallel)
+    with stop_on_terminate():
+        outcomes = execute(to_run, run_one, parallel, already=len(finished), on_abort=abort)
     return _finish(parsed, seeds, finished, outcomes, output_dir, metric, greater_is_better)
 
 

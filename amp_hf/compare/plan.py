@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,14 +113,18 @@ def execute(
     total: int | None = None,
     already: int = 0,
     stream=None,
+    on_abort: Callable[[], None] | None = None,
 ) -> list[Outcome]:
     """Runs `jobs` `parallel` at a time (run_one(job, slot) with slot in [0, parallel) names the worker, e.g. for a
-    device), printing one progress line per finished run: candidate, seed, k/n done, elapsed, estimated time left."""
+    device), printing one progress line per finished run: candidate, seed, k/n done, elapsed, estimated time left.
+    Interrupted (Ctrl-C, or SIGTERM where `stop_on_terminate` is active), it starts nothing more and calls `on_abort`
+    (the command's: terminate the runs in flight), whose folders then have no done-marker and run again next time."""
     stream = stream or sys.stderr
     total = total if total is not None else len(jobs) + already
     started = time.perf_counter()
     lock = threading.Lock()
     free_slots = list(range(max(1, parallel)))
+    stopping = threading.Event()
     outcomes: list[Outcome] = []
 
     def work(job: Job) -> Outcome:
@@ -129,6 +135,8 @@ def execute(
         finally:
             with lock:
                 free_slots.append(slot)
+        if stopping.is_set():
+            return outcome
         with lock:
             outcomes.append(outcome)
             done = len(outcomes)
@@ -147,10 +155,41 @@ def execute(
                 print(outcome.error, file=stream, flush=True)
         return outcome
 
-    if parallel <= 1:
-        for job in jobs:
-            work(job)
-    else:
-        with ThreadPoolExecutor(max_workers=parallel) as pool:
-            list(pool.map(work, jobs))
+    def guarded(job: Job) -> Outcome | None:
+        return None if stopping.is_set() else work(job)
+
+    pool = ThreadPoolExecutor(max_workers=parallel) if parallel > 1 else None
+    try:
+        if pool is None:
+            for job in jobs:
+                work(job)
+        else:
+            list(pool.map(guarded, jobs))
+    except BaseException:
+        stopping.set()
+        if on_abort is not None:
+            on_abort()
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    if pool is not None:
+        pool.shutdown()
     return outcomes
+
+
+@contextmanager
+def stop_on_terminate() -> Iterator[None]:
+    """SIGTERM (`kill <pid>`) raises SystemExit in the main thread while a comparison runs, so that `execute` can stop
+    the runs in flight instead of leaving them running without their parent; outside the main thread, nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

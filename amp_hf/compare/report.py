@@ -317,6 +317,19 @@ def _table(report: ComparisonReport, final: bool) -> list[str]:
     return lines
 
 
+def _per_seed(report: ComparisonReport) -> list[str]:
+    """Every run's values (headline / final) and train_runtime, so each number of the tables can be traced."""
+    lines = ["| candidate | seed | headline | final | train_runtime (s) |", "|---|---|---|---|---|"]
+    for c in report.candidates:
+        for seed in report.seeds:
+            final = c.final.values.get(seed) if c.final is not None else None
+            lines.append(
+                f"| {c.name} | {seed} | {_number(c.headline.values.get(seed))} | {_number(final)} "
+                f"| {_number(c.runtimes.get(seed))} |"
+            )
+    return lines
+
+
 def markdown(report: ComparisonReport, plot_note: str) -> str:
     direction = "higher" if report.greater_is_better else "lower"
     split = "test" if report.source == TEST else "validation"
@@ -337,7 +350,7 @@ def markdown(report: ComparisonReport, plot_note: str) -> str:
     if any(c.final is not None for c in report.candidates):
         lines += ["", f"## {split.capitalize()} {report.metric} of the final weights", "", *_table(report, final=True)]
     reasons = [f"- {c.name}: {c.headline.statistics['reason']}" for c in report.candidates if c.headline.statistics]
-    lines += ["", "Verdicts (headline):", "", *reasons]
+    lines += ["", "Verdicts (headline):", "", *reasons, "", "## Per seed", "", *_per_seed(report)]
     if report.warnings:
         lines += ["", "## Warnings", "", *(f"- {w}" for w in report.warnings)]
     if report.missing:
@@ -384,6 +397,7 @@ def write_plot(report: ComparisonReport, path: Path) -> str:
                     zorder=4,
                 )
         axis.axhline(0.0, color="gray", linewidth=1)
+        axis.set_xlim(-0.5, len(others) - 0.5)
         axis.set_xticks(range(len(others)), [c.name for c in others], rotation=15)
         axis.set_ylabel(f"{report.metric}: candidate − ERM")
         axis.set_title(title, fontsize=10)
