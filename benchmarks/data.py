@@ -7,13 +7,13 @@ studies need: tensors and token lists as dataset rows, and exactly-20%-wrong lab
 from __future__ import annotations
 
 import functools
-import hashlib
 from typing import Any
 
 import numpy as np
 import torch
 
 from amp_hf.tasks import data as datasets
+from amp_hf.tasks.data import add_label_noise  # the noise the examples' demo draws too: one definition
 from amp_hf.tasks.models import minilm_path
 
 IMAGE_DATA = ("fmnist", "mnist")
@@ -36,21 +36,6 @@ class Rows(torch.utils.data.Dataset):
 def stack(rows: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """The image collator: one tensor per key."""
     return {k: torch.stack([row[k] for row in rows]) for k in rows[0]}
-
-
-def add_label_noise(labels: Any, num_classes: int, rate: float, seed: int, salt: str) -> tuple[np.ndarray, np.ndarray]:
-    """(noisy labels, mask of the replaced ones): exactly round(rate·n) labels, picked at random, each replaced by a
-    uniformly random *other* class. Deterministic in (seed, salt); `salt` names the split, so training and
-    validation noise differ."""
-    labels = np.asarray(labels, dtype=np.int64).copy()
-    salt_value = int(hashlib.sha1(salt.encode()).hexdigest()[:8], 16)
-    rng = np.random.default_rng([seed, salt_value])
-    n_noisy = round(rate * len(labels))
-    picked = rng.choice(len(labels), size=n_noisy, replace=False)
-    labels[picked] = (labels[picked] + rng.integers(1, num_classes, size=n_noisy)) % num_classes
-    mask = np.zeros(len(labels), dtype=bool)
-    mask[picked] = True
-    return labels, mask
 
 
 def noisy_rows(rows: Rows, num_classes: int, rate: float, seed: int, salt: str) -> tuple[Rows, float]:

@@ -9,7 +9,7 @@ out for validation with a fixed seed, and the official 10k test images), a ViT b
     python examples/image_classification.py --output_dir out/cnn --model_type resnet --optim sgd \
         --optim_args momentum=0.9 --learning_rate 0.05 --num_train_epochs 40 \
         --amp_preset cnn_long_noisy  # for a CNN trained until ERM memorises noisy labels (your data: --train_file;
-                                     # the default data has no wrong labels; examples/demo.py adds them)
+                                     # the default data has no wrong labels; examples/demo_train.py adds them)
     python examples/image_classification.py --output_dir out/cnn --model_type resnet --optim sgd \
         --learning_rate 0.1 --num_train_epochs 200 --amp_preset reference   # the paper's regime and settings
     python examples/image_classification.py --output_dir out/vit --amp_norm elementwise --amp_inner_lr 100 \

@@ -8,6 +8,7 @@ how to install it offline. `datasets`, `numpy`, `pandas` and `torch` are importe
 from __future__ import annotations
 
 import gzip
+import hashlib
 import importlib.util
 import os
 import re
@@ -112,6 +113,23 @@ def image_transform(processor: Any, image_column: str, label_column: str, random
         return {"pixel_values": pixels["pixel_values"], "labels": torch.tensor(batch[label_column])}
 
     return apply
+
+
+def add_label_noise(labels: Any, num_classes: int, rate: float, seed: int, salt: str) -> tuple[np.ndarray, np.ndarray]:
+    """(noisy labels, mask of the replaced ones): exactly round(rate·n) labels, picked at random, each replaced by a
+    uniformly random *other* class. Deterministic in (seed, salt); `salt` names the split, so training and
+    validation noise differ."""
+    import numpy as np
+
+    labels = np.asarray(labels, dtype=np.int64).copy()
+    salt_value = int(hashlib.sha1(salt.encode()).hexdigest()[:8], 16)
+    rng = np.random.default_rng([seed, salt_value])
+    n_noisy = round(rate * len(labels))
+    picked = rng.choice(len(labels), size=n_noisy, replace=False)
+    labels[picked] = (labels[picked] + rng.integers(1, num_classes, size=n_noisy)) % num_classes
+    mask = np.zeros(len(labels), dtype=bool)
+    mask[picked] = True
+    return labels, mask
 
 
 def fashion_mnist_tensors(
