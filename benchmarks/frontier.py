@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from .methods import DEFAULTS, ERM, REFERENCE, SAM_GLOBAL, Method, amp
-from .reports import command, made_by_lines, pyplot, write_recommendations
+from .reports import command, frontier_plot, made_by_lines, write_recommendations
 from .runner import OUTPUTS, RESULTS, RUNS, RunStore, Scheduler, Spec
 from .stats import TIME_GOAL, choose_cheap, cut_shares
 from .tasks import TASKS
@@ -173,28 +173,8 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def plot(report: dict[str, Any], out: Path) -> None:
-    plt = pyplot()
-    parts = [
-        p for p in (report.get(k) for k in ("selection", "transfer_check", "transformer")) if p and p.get("methods")
-    ]
-    if not parts:
-        return
-    fig, axes = plt.subplots(1, len(parts), figsize=(6.5 * len(parts), 4.6), squeeze=False)
-    for ax, part in zip(axes[0], parts):
-        for name, m in part["methods"].items():
-            which = "test_error" if part["task"] == TEXT else "final_test_error"  # the headline
-            x, y, e = m.get("cpu_time_vs_erm", 1.0), 100 * m[f"{which}_mean"], 100 * m[f"{which}_std"]
-            full = name in (FULL.name, TEXT_FULL.name)
-            ax.errorbar(x, y, yerr=e, fmt="s" if name == "ERM" else "D" if full else "o", capsize=3)
-            ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
-        ax.axvline(TIME_GOAL, color="grey", linestyle=":", linewidth=1)
-        ax.set_xlabel("training CPU time / ERM's")
-        kind = "best-validation checkpoints" if part["task"] == TEXT else "final weights"
-        ax.set_ylabel(f"test error %, {kind} (mean ± std, 3 seeds)")
-        ax.set_title(f"{part['task']}: {TASKS[part['task']].title}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out / "frontier_long.png", dpi=110)
-    plt.close(fig)
+    parts = [p for p in (report.get(k) for k in ("selection", "transfer_check", "transformer")) if p]
+    frontier_plot(parts, out / "frontier_long.png", (FULL.name, TEXT_FULL.name), (TEXT,), TIME_GOAL)
 
 
 def main() -> None:

@@ -83,6 +83,40 @@ def pyplot():
     return plt
 
 
+def frontier_plot(
+    parts: list[dict[str, Any]],
+    path: Path,
+    full_names: tuple[str, ...],
+    best_val_tasks: tuple[str, ...],
+    time_goal: float,
+) -> None:
+    """Test error against training CPU time relative to ERM's, one panel per task summary (benchmarks.stats.cut_shares
+    with its "task"): the headline is the best-validation checkpoints on `best_val_tasks`, else the final weights;
+    ERM is a square, the full methods (`full_names`) diamonds, the time goal a dotted line."""
+    from .tasks import TASKS
+
+    parts = [p for p in parts if p.get("methods")]
+    if not parts:
+        return
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(parts), figsize=(6.5 * len(parts), 4.6), squeeze=False)
+    for ax, part in zip(axes[0], parts):
+        best_val = part["task"] in best_val_tasks
+        for name, m in part["methods"].items():
+            which = "test_error" if best_val else "final_test_error"
+            x, y, e = m.get("cpu_time_vs_erm", 1.0), 100 * m[f"{which}_mean"], 100 * m[f"{which}_std"]
+            ax.errorbar(x, y, yerr=e, fmt="s" if name == "ERM" else "D" if name in full_names else "o", capsize=3)
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.axvline(time_goal, color="grey", linestyle=":", linewidth=1)
+        ax.set_xlabel("training CPU time / ERM's")
+        kind = "best-validation checkpoints" if best_val else "final weights"
+        ax.set_ylabel(f"test error %, {kind} (mean ± std, 3 seeds)")
+        ax.set_title(f"{part['task']}: {TASKS[part['task']].title}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def study_wall_seconds(previous: Path, rows: list[dict], trained: int, started: float) -> int | None:
     """The study's wall time: this invocation's when it trained runs; when it only rewrote the report from the
     records, the time of the invocation that trained these runs (kept from the previous report of the same runs)."""

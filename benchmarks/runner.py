@@ -334,10 +334,18 @@ def _cost(spec: Spec) -> float:
 class Scheduler:
     """Runs specs `workers` at a time in spawned processes, highest priority first, recording each in the store;
     specs can be added while others run (a study's later runs wait on a choice made from its first ones).
-    cached_only: train nothing, report from the records of the same settings; what has none is in `missing`."""
+    cached_only: train nothing, report from the records of the same settings; what has none is in `missing`.
+    train_fn: what trains a spec in a worker (a module-level function, for the spawned processes to import); a study
+    that must set something per run around `train_and_record` passes its own."""
 
-    def __init__(self, workers: int, store: RunStore, cached_only: bool = False) -> None:
-        self.workers, self.store, self.cached_only = workers, store, cached_only
+    def __init__(
+        self,
+        workers: int,
+        store: RunStore,
+        cached_only: bool = False,
+        train_fn: Callable[[Spec], dict[str, Any]] = train_and_record,
+    ) -> None:
+        self.workers, self.store, self.cached_only, self.train_fn = workers, store, cached_only, train_fn
         self.done: dict[Spec, dict[str, Any]] = {}
         self.pending: list[tuple[float, Spec]] = []
         self.trained = 0
@@ -364,7 +372,7 @@ class Scheduler:
                 while self.pending and len(running) < self.workers:
                     self.pending.sort(key=lambda item: -item[0])
                     _, spec = self.pending.pop(0)
-                    running[pool.submit(train_and_record, spec)] = spec
+                    running[pool.submit(self.train_fn, spec)] = spec
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in finished:
                     spec = running.pop(future)

@@ -114,6 +114,25 @@ def test_cheap_choice_uses_validation_errors_and_the_time_goal():
     assert choice["qualifying"] == ["f=0.125", "f=0.25"] and "every 2" not in choice["fast_enough"]
 
 
+def test_cheap_choice_at_a_tighter_time_goal_on_best_validation_checkpoints():
+    """The cost-frontier study's rule: <= 1.15x ERM's time, and the cut and the error are the best-validation
+    checkpoints' (here the final weights of f=0.125 look best, its best checkpoint does not)."""
+    done = runs(
+        {**BASE, "f=0.25": (0.05, 0.25, 125.0), "f=0.125": (0.05, 0.245, 112.0), "every 4": (0.05, 0.25, 110.0)}
+    )
+    for spec, record in done.items():
+        if spec.method.name == "f=0.125":
+            record["val_error"] = 0.26 + spec.seed / 1000  # share of the val cut at the best checkpoint: 4/6
+    rows = cut_shares(done, TASK, CHEAP, DEFAULTS, SEEDS, headline_best_val=True, time_goal=1.15)["methods"]
+    assert rows["f=0.125"]["share_of_full_val_cut_bv"] == pytest.approx(4 / 6)
+    assert rows["every 4"]["share_of_full_val_cut_bv"] == pytest.approx(5 / 6)
+    assert not rows["f=0.25"]["meets_goal"] and rows["every 4"]["meets_goal"]  # 1.25x is over 1.15x
+    names = [m.name for m in CHEAP]
+    assert choose_cheap(rows, names)["chosen"] == "f=0.125"  # the default rule: final weights, <= 1.3x
+    choice = choose_cheap(rows, names, time_goal=1.15, best_val=True)
+    assert choice["chosen"] == "every 4" and choice["fast_enough"] == ["every 4", "f=0.125"]
+
+
 def test_no_cheap_choice_when_no_setting_keeps_enough_of_the_cut():
     summary = shares(runs({**BASE, "f=0.25": (0.09, 0.29, 125.0), "every 4": (0.08, 0.28, 124.0)}))
     choice = choose_cheap(summary["methods"], [m.name for m in CHEAP])

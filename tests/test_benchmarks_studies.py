@@ -16,7 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
 RESULTS = BENCHMARKS / "results"
-STUDIES = ("accuracy", "transfer", "frontier", "cost", "flatness", "device_check")
+STUDIES = ("accuracy", "transfer", "frontier", "cost_frontier", "cost", "flatness", "device_check")
 
 
 def run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
