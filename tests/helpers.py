@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import datasets
 import torch
@@ -12,7 +13,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset, SequentialSampler
-from transformers import BertConfig, BertForSequenceClassification, Trainer
+from transformers import BertConfig, BertForSequenceClassification, GPT2Config, GPT2LMHeadModel, Trainer
 
 from amp_hf import AMPMixin, AMPTrainingArguments
 
@@ -236,6 +237,26 @@ def reference_amp(
     return model
 
 
+@contextlib.contextmanager
+def reference_perturbed(params: Sequence[torch.Tensor], loss: Callable[[], torch.Tensor], epsilon: float) -> Iterator[None]:
+    """One AMP block in plain PyTorch (amp-spec.md, K = 1, ζ = 1, per-tensor ball): the weights are θ + Δ inside, with
+    Δ = ∇loss(θ) projected onto the ball of radius ε per tensor, and θ again after. For loops `reference_amp` does
+    not model (two models, an optimizer stepping inside the block): the test writes the same loop around this."""
+    params = list(params)
+    theta = [p.detach().clone() for p in params]
+    grads = torch.autograd.grad(loss(), params)
+    with torch.no_grad():
+        for p, t, g in zip(params, theta, grads):
+            norm = float(g.norm())
+            p.copy_(t + (g * (epsilon / (norm + 1e-12)) if norm > epsilon else g))
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for p, t in zip(params, theta):
+                p.copy_(t)
+
+
 def assert_params_close(a: nn.Module, b: nn.Module, names: Sequence[str] | None = None, atol: float = 2e-6) -> None:
     pa, pb = dict(a.named_parameters()), dict(b.named_parameters())
     for name in names or pa:
@@ -304,6 +325,16 @@ def tiny_bert(dropout: float = 0.0) -> BertForSequenceClassification:
         num_labels=2,
     )
     return BertForSequenceClassification(config)
+
+
+def tiny_gpt2() -> GPT2LMHeadModel:
+    """A one-layer GPT-2 without dropout; its `lm_head.weight` is `transformer.wte.weight` (tied embeddings)."""
+    torch.manual_seed(0)
+    config = GPT2Config(
+        vocab_size=50, n_positions=16, n_embd=16, n_layer=1, n_head=2, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        bos_token_id=0, eos_token_id=0,
+    )  # fmt: skip
+    return GPT2LMHeadModel(config)
 
 
 def text_data(n: int = 32, length: int = 12) -> datasets.Dataset:

@@ -13,8 +13,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from accelerate import Accelerator
-from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import DistributedType
 from accelerate_loop import train_with_amp
 from helpers import (
@@ -33,20 +31,6 @@ from amp_hf import AMP, AMPConfig, add_amp_arguments
 from amp_hf.loop import SETTING_NAMES
 
 WORKER = Path(__file__).with_name("loop_worker.py")
-
-
-@pytest.fixture
-def accelerator_of():
-    """Builds an `Accelerator` on CPU; accelerate's shared state is reset around each test (mixed precision differs)."""
-
-    def build(**kwargs) -> Accelerator:
-        AcceleratorState._reset_state(True)
-        GradientState._reset_state()
-        return Accelerator(cpu=True, **kwargs)
-
-    yield build
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
 
 
 @pytest.mark.parametrize(("norm", "inner_steps", "step_inside"), [

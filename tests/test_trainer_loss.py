@@ -25,6 +25,7 @@ from helpers import (
     text_data,
     tiny_args,
     tiny_bert,
+    tiny_gpt2,
 )
 from torch import nn
 
@@ -201,24 +202,6 @@ def test_causal_lm_with_an_unlabelled_micro_batch_logs_the_trainers_loss(tmp_pat
     """A tiny GPT-2 (its loss shifts labels and honours num_items_in_batch), completion-only labels, and one
     micro-batch of an accumulation window with no labelled token: it used to be 'skipped' and to double the log."""
     import datasets
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    def gpt2() -> GPT2LMHeadModel:
-        torch.manual_seed(0)
-        return GPT2LMHeadModel(
-            GPT2Config(
-                vocab_size=50,
-                n_positions=16,
-                n_embd=16,
-                n_layer=1,
-                n_head=2,
-                resid_pdrop=0.0,
-                embd_pdrop=0.0,
-                attn_pdrop=0.0,
-                bos_token_id=0,
-                eos_token_id=0,
-            )
-        )
 
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, 50, (16, 10), generator=g)
@@ -228,9 +211,9 @@ def test_causal_lm_with_an_unlabelled_micro_batch_logs_the_trainers_loss(tmp_pat
     data = datasets.Dataset.from_dict({"input_ids": ids.tolist(), "labels": labels.tolist()})
     common = dict(gradient_accumulation_steps=2, max_steps=2, optim="adamw_torch", learning_rate=1e-3)
     amp = SequentialAMPTrainer(
-        model=gpt2(), args=tiny_args(tmp_path / "a", amp_epsilon=TINY_BALL, **common), train_dataset=data
+        model=tiny_gpt2(), args=tiny_args(tmp_path / "a", amp_epsilon=TINY_BALL, **common), train_dataset=data
     )
-    erm = SequentialTrainer(model=gpt2(), args=tiny_args(tmp_path / "e", **common), train_dataset=data)
+    erm = SequentialTrainer(model=tiny_gpt2(), args=tiny_args(tmp_path / "e", **common), train_dataset=data)
     amp.train()
     erm.train()
     assert amp.model_accepts_loss_kwargs
