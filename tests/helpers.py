@@ -238,7 +238,9 @@ def reference_amp(
 
 
 @contextlib.contextmanager
-def reference_perturbed(params: Sequence[torch.Tensor], loss: Callable[[], torch.Tensor], epsilon: float) -> Iterator[None]:
+def reference_perturbed(
+    params: Sequence[torch.Tensor], loss: Callable[[], torch.Tensor], epsilon: float
+) -> Iterator[None]:
     """One AMP block in plain PyTorch (amp-spec.md, K = 1, ζ = 1, per-tensor ball): the weights are θ + Δ inside, with
     Δ = ∇loss(θ) projected onto the ball of radius ε per tensor, and θ again after. For loops `reference_amp` does
     not model (two models, an optimizer stepping inside the block): the test writes the same loop around this."""
