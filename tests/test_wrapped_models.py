@@ -1,0 +1,103 @@
+"""`torch.compile` around or inside DDP, in `amp_hf.AMP` and AMPTrainer: the patterns see the model's own names.
+
+`accelerator.prepare` with a dynamo backend builds `torch.compile(DDP(model))`, whose parameter names carry both
+wrappers' prefixes (`_orig_mod.module.`). One process, a gloo group of size 1: DDP is real, nothing is launched.
+"""
+
+from __future__ import annotations
+
+import logging
+from unittest.mock import patch
+
+import pytest
+import torch
+import torch.distributed as dist
+from helpers import (
+    DictDataset,
+    SequentialAMPTrainer,
+    SequentialTrainer,
+    TinyClassifier,
+    assert_params_close,
+    free_port,
+    reference_amp,
+    tiny_args,
+)
+from torch.nn.parallel import DistributedDataParallel
+
+from amp_hf import AMP, AMPTrainer
+
+WRAPPINGS = {
+    "compile(DDP(model))": lambda model: torch.compile(DistributedDataParallel(model), backend="eager"),
+    "DDP(compile(model))": lambda model: DistributedDataParallel(torch.compile(model, backend="eager")),
+}
+FC1 = r"^fc1\."  # anchored: matches the model's own names only, not `module.fc1.` or `_orig_mod.fc1.`
+
+
+@pytest.fixture
+def process_group(monkeypatch):
+    """A gloo process group of one process, destroyed afterwards, so that DDP can be built in this process."""
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("wrapping", list(WRAPPINGS))
+def test_loop_selects_by_the_models_own_names_and_matches_the_reference(process_group, caplog, wrapping):
+    model = TinyClassifier()
+    wrapped = WRAPPINGS[wrapping](model)
+    with caplog.at_level(logging.WARNING):
+        amp = AMP(wrapped, amp_epsilon=0.05, amp_include=[FC1])
+    assert "match no parameter" not in caplog.text
+    assert [name for name, _ in amp.named_parameters()] == ["fc1.weight", "fc1.bias"]
+    assert amp.selection.tensors == 2
+    data = DictDataset(n=8)
+    optimizer = torch.optim.SGD(wrapped.parameters(), lr=0.1)
+    for i in range(2):
+        batch = {"x": data.x[4 * i : 4 * i + 4], "labels": data.y[4 * i : 4 * i + 4]}
+        with amp.perturbed(batch) as result:
+            wrapped(**batch)["loss"].backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        assert float(result.delta_norm) > 0
+    expected = reference_amp(
+        TinyClassifier(), data, steps=2, batch_size=4, epsilon=0.05, perturb=lambda name: name.startswith("fc1.")
+    )
+    assert_params_close(model, expected)
+
+
+@pytest.mark.parametrize("wrapping", list(WRAPPINGS))
+def test_trainer_names_are_the_models_own_through_compile_and_ddp(process_group, tmp_path, wrapping):
+    model = TinyClassifier()
+    trainer = AMPTrainer(model=model, args=tiny_args(tmp_path, amp_include=[FC1]), train_dataset=DictDataset())
+    assert trainer.amp_parameter_names(WRAPPINGS[wrapping](model)) == ["fc1.weight", "fc1.bias"]
+
+
+def test_trainer_ascent_runs_inside_the_ddp_wrapper_of_a_compiled_model(process_group, tmp_path):
+    """The ascent passes must run on the module inside DDP (its forward would arm a gradient all-reduce that
+    `torch.autograd.grad` never completes): one DDP forward per micro-batch, the descent's, as in the plain Trainer.
+    `training_step` is called directly, as `Trainer.train` calls it, on `compile(DDP(model))`."""
+    forwards = []
+    counted = DistributedDataParallel.forward
+
+    def counting(self, *args, **kwargs):
+        forwards.append(1)
+        return counted(self, *args, **kwargs)
+
+    data = DictDataset(n=8)
+    inputs = {"x": data.x[:4], "labels": data.y[:4]}
+    per_step = {}
+    for name, trainer_class in (("ERM", SequentialTrainer), ("AMP", SequentialAMPTrainer)):
+        model = TinyClassifier()
+        trainer = trainer_class(model=model, args=tiny_args(tmp_path / name, amp_epsilon=0.05), train_dataset=data)
+        trainer.create_optimizer()
+        trainer.current_gradient_accumulation_steps = 1  # what `Trainer.train` sets before its first training_step
+        wrapped = WRAPPINGS["compile(DDP(model))"](model)
+        forwards.clear()
+        with patch.object(DistributedDataParallel, "forward", counting):
+            trainer.training_step(wrapped, dict(inputs))
+        per_step[name] = len(forwards)
+    assert per_step == {"ERM": 1, "AMP": 1}
