@@ -146,6 +146,32 @@ def torchrun_two_processes(*script_and_args: str, timeout: int = 300, **env: str
     return subprocess.run(command, env=environment, capture_output=True, text=True, timeout=timeout)
 
 
+def steps_in_backward(model: nn.Module, lr: float = 0.1) -> dict[nn.Parameter, torch.optim.Optimizer]:
+    """PyTorch's recipe for fusing the optimizer step into backward: one SGD per parameter, stepped by a
+    post-accumulate-grad hook as soon as that parameter's gradient is ready."""
+    optimizers = {p: torch.optim.SGD([p], lr=lr) for p in model.parameters()}
+
+    def step(p: nn.Parameter) -> None:
+        optimizers[p].step()
+        optimizers[p].zero_grad()
+
+    for p in model.parameters():
+        p.register_post_accumulate_grad_hook(step)
+    return optimizers
+
+
+class StepsInBackward(torch.optim.Optimizer):
+    """An optimizer to hand the Trainer (`optimizers=(it, None)`) whose updates happen in backward
+    (`steps_in_backward`), as LOMO's do: its own `step` has nothing left to do."""
+
+    def __init__(self, model: nn.Module, lr: float = 0.1) -> None:
+        super().__init__(model.parameters(), {"lr": lr})
+        self.per_parameter = steps_in_backward(model, lr)
+
+    def step(self, closure=None) -> None:
+        return None
+
+
 def params_of(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 

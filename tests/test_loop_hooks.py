@@ -19,6 +19,7 @@ from helpers import (
     assert_params_far,
     params_of,
     reference_perturbed,
+    steps_in_backward,
 )
 from torch import nn
 from torch.optim import optimizer as torch_optimizer
@@ -191,20 +192,6 @@ def test_closure_step_inside_the_block_is_refused():
     with pytest.raises(RuntimeError, match="closure"), amp.perturbed(batch):
         optimizer.step(closure)
     assert_at(model, theta, "after the refused closure step")
-
-
-def steps_in_backward(model: nn.Module, lr: float = 0.1) -> dict[nn.Parameter, torch.optim.Optimizer]:
-    """PyTorch's recipe for fusing the optimizer step into backward: one optimizer per parameter, stepped by a
-    post-accumulate-grad hook as soon as that parameter's gradient is ready."""
-    optimizers = {p: torch.optim.SGD([p], lr=lr) for p in model.parameters()}
-
-    def step(p: nn.Parameter) -> None:
-        optimizers[p].step()
-        optimizers[p].zero_grad()
-
-    for p in model.parameters():
-        p.register_post_accumulate_grad_hook(step)
-    return optimizers
 
 
 def test_optimizer_stepping_inside_backward_is_refused():
