@@ -22,6 +22,7 @@ from helpers import (
     TokenNormalisedClassifier,
     assert_only_the_right_scale_matches,
     reference_amp,
+    reference_perturbed,
     text_data,
     tiny_args,
     tiny_bert,
@@ -29,6 +30,7 @@ from helpers import (
 )
 from torch import nn
 
+from amp_hf import AMP
 from amp_hf.trainer_versions import TRAINER_4X
 
 TINY_BALL = 1e-30  # θ + Δ == θ in float32: both runs see the same weights at every step
@@ -219,3 +221,59 @@ def test_causal_lm_with_an_unlabelled_micro_batch_logs_the_trainers_loss(tmp_pat
     assert amp.model_accepts_loss_kwargs
     assert logged(amp) == pytest.approx(logged(erm), rel=1e-5)
     assert sum(e["amp_skipped"] for e in amp.state.log_history if "loss" in e) == 0
+
+
+# ------------------------------------------------------------------ the logged loss and the amp_* metric names
+METRIC_NAMES = {"amp_clean_loss", "amp_delta_norm", "amp_skipped", "amp_steps"}
+"""One vocabulary for both APIs: `amp_clean_loss` is the loss at θ; `loss` stays the Trainer's own number."""
+
+
+def float_count_loss_func(outputs, labels, num_items_in_batch=None):
+    """Divides by the count as a Python number: no gradient reaches the count through it."""
+    total = nn.functional.cross_entropy(outputs["logits"], labels, ignore_index=-100, reduction="sum")
+    return total / float(num_items_in_batch)
+
+
+def test_logged_loss_with_the_count_used_as_a_number_is_the_plain_trainers(tmp_path):
+    """The issue's case: with accumulation 2 the Trainer logged 3.63 and AMPTrainer 7.26. AMP is on (ε = 1e-8), so
+    θ + Δ is within float precision of θ and both runs must log the same `loss`."""
+    common = dict(gradient_accumulation_steps=2, max_steps=4, logging_steps=1)
+    kwargs = dict(train_dataset=DictDataset(ignored_every=3), compute_loss_func=float_count_loss_func)
+    amp = SequentialAMPTrainer(
+        model=TinyClassifier(), args=tiny_args(tmp_path / "a", amp_epsilon=1e-8, **common), **kwargs
+    )
+    erm = SequentialTrainer(model=TinyClassifier(), args=tiny_args(tmp_path / "e", **common), **kwargs)
+    amp.train()
+    erm.train()
+    assert logged(amp) == pytest.approx(logged(erm), rel=1e-4)
+    amp_logs = [e for e in amp.state.log_history if "loss" in e]
+    assert all(set(e) >= METRIC_NAMES and "amp_loss" not in e for e in amp_logs), amp_logs[0]
+    assert [e["amp_clean_loss"] for e in amp_logs] == pytest.approx(logged(erm), rel=1e-4)
+
+
+def test_loss_is_the_descent_pass_and_amp_clean_loss_the_loss_at_theta(tmp_path):
+    """With a ball that moves the weights, at the shared θ₀ of the first step: `loss` is the Trainer's number for
+    its own (descent) pass, at θ₀ + Δ, computed here in plain PyTorch; `amp_clean_loss` is the plain Trainer's loss."""
+    data = DictDataset()
+    amp = SequentialAMPTrainer(model=TinyClassifier(), args=tiny_args(tmp_path / "a", max_steps=1), train_dataset=data)
+    erm = SequentialTrainer(model=TinyClassifier(), args=tiny_args(tmp_path / "e", max_steps=1), train_dataset=data)
+    amp.train()
+    erm.train()
+    first = next(e for e in amp.state.log_history if "loss" in e)
+    reference, batch = TinyClassifier(), {"x": data.x[:4], "labels": data.y[:4]}
+    with reference_perturbed(list(reference.parameters()), lambda: reference(**batch)["loss"], epsilon=0.5):
+        at_theta_plus_delta = float(reference(**batch)["loss"])
+    assert first["loss"] == pytest.approx(at_theta_plus_delta, rel=1e-5)
+    assert first["amp_clean_loss"] == pytest.approx(logged(erm)[0], rel=1e-5)
+    assert first["loss"] > first["amp_clean_loss"] and "amp_loss" not in first
+
+
+def test_the_loop_reports_the_same_metric_names():
+    model, data = TinyClassifier(), DictDataset(n=4)
+    batch = {"x": data.x, "labels": data.y}
+    amp = AMP(model, amp_epsilon=0.05)
+    with amp.perturbed(batch):
+        model(**batch)["loss"].backward()
+    metrics = amp.metrics()
+    assert set(metrics) == METRIC_NAMES
+    assert metrics["amp_clean_loss"] == pytest.approx(float(TinyClassifier()(**batch)["loss"]))  # the loss at θ
