@@ -263,8 +263,8 @@ def test_loss_is_the_descent_pass_and_amp_clean_loss_the_loss_at_theta(tmp_path)
     reference, batch = TinyClassifier(), {"x": data.x[:4], "labels": data.y[:4]}
     with reference_perturbed(list(reference.parameters()), lambda: reference(**batch)["loss"], epsilon=0.5):
         at_theta_plus_delta = float(reference(**batch)["loss"])
-    assert first["loss"] == pytest.approx(at_theta_plus_delta, rel=1e-5)
-    assert first["amp_clean_loss"] == pytest.approx(logged(erm)[0], rel=1e-5)
+    assert first["loss"] == pytest.approx(at_theta_plus_delta, rel=1e-4)  # transformers 4.x rounds logs to 4 digits
+    assert first["amp_clean_loss"] == pytest.approx(logged(erm)[0], rel=1e-4)
     assert first["loss"] > first["amp_clean_loss"] and "amp_loss" not in first
 
 
