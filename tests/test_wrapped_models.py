@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 from helpers import (
     DictDataset,
+    MeanLossWithKwargs,
     SequentialAMPTrainer,
     SequentialTrainer,
     TinyClassifier,
@@ -78,8 +79,9 @@ def test_trainer_names_are_the_models_own_through_compile_and_ddp(process_group,
 
 def test_trainer_ascent_runs_inside_the_ddp_wrapper_of_a_compiled_model(process_group, tmp_path):
     """The ascent passes must run on the module inside DDP (its forward would arm a gradient all-reduce that
-    `torch.autograd.grad` never completes): one DDP forward per micro-batch, the descent's, as in the plain Trainer.
-    `training_step` is called directly, as `Trainer.train` calls it, on `compile(DDP(model))`."""
+    `torch.autograd.grad` never completes): one DDP forward per micro-batch, the descent's, as in the plain Trainer,
+    and the reference's weights. The Trainer is handed `compile(DDP(model))` (a model whose forward takes loss kwargs:
+    the Trainer reads the wrapper's `**kwargs` signature as accepting them)."""
     forwards = []
     counted = DistributedDataParallel.forward
 
@@ -88,16 +90,14 @@ def test_trainer_ascent_runs_inside_the_ddp_wrapper_of_a_compiled_model(process_
         return counted(self, *args, **kwargs)
 
     data = DictDataset(n=8)
-    inputs = {"x": data.x[:4], "labels": data.y[:4]}
-    per_step = {}
+    per_run, models = {}, {}
     for name, trainer_class in (("ERM", SequentialTrainer), ("AMP", SequentialAMPTrainer)):
-        model = TinyClassifier()
-        trainer = trainer_class(model=model, args=tiny_args(tmp_path / name, amp_epsilon=0.05), train_dataset=data)
-        trainer.create_optimizer()
-        trainer.current_gradient_accumulation_steps = 1  # what `Trainer.train` sets before its first training_step
-        wrapped = WRAPPINGS["compile(DDP(model))"](model)
+        models[name] = MeanLossWithKwargs()
+        args = tiny_args(tmp_path / name, max_steps=2, amp_epsilon=0.05, remove_unused_columns=False)
+        trainer = trainer_class(model=WRAPPINGS["compile(DDP(model))"](models[name]), args=args, train_dataset=data)
         forwards.clear()
         with patch.object(DistributedDataParallel, "forward", counting):
-            trainer.training_step(wrapped, dict(inputs))
-        per_step[name] = len(forwards)
-    assert per_step == {"ERM": 1, "AMP": 1}
+            trainer.train()
+        per_run[name] = len(forwards)
+    assert per_run == {"ERM": 2, "AMP": 2}  # two steps, one DDP forward each
+    assert_params_close(models["AMP"], reference_amp(MeanLossWithKwargs(), data, steps=2, batch_size=4, epsilon=0.05))
