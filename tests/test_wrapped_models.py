@@ -101,3 +101,32 @@ def test_trainer_ascent_runs_inside_the_ddp_wrapper_of_a_compiled_model(process_
         per_run[name] = len(forwards)
     assert per_run == {"ERM": 2, "AMP": 2}  # two steps, one DDP forward each
     assert_params_close(models["AMP"], reference_amp(MeanLossWithKwargs(), data, steps=2, batch_size=4, epsilon=0.05))
+
+
+def test_loop_accepts_a_compiled_fsdp2_model_and_matches_the_reference(process_group, caplog):
+    """`torch.compile(fully_shard(model))` on a group of one: FSDP2 must be recognised through the compile wrapper
+    (not refused as tensor parallelism), the patterns must see the model's own names, and the step equals the
+    reference (with one process, FSDP2's average over the processes is this process's own gradient)."""
+    from torch.distributed.fsdp import fully_shard
+
+    model = TinyClassifier()
+    compiled = torch.compile(fully_shard(model), backend="eager")
+    with caplog.at_level(logging.WARNING):
+        amp = AMP(compiled, amp_epsilon=0.05, amp_include=[FC1])
+    assert "match no parameter" not in caplog.text
+    assert [name for name, _ in amp.named_parameters()] == ["fc1.weight", "fc1.bias"]
+    data = DictDataset(n=8)
+    optimizer = torch.optim.SGD(compiled.parameters(), lr=0.1)
+    for i in range(2):
+        batch = {"x": data.x[4 * i : 4 * i + 4], "labels": data.y[4 * i : 4 * i + 4]}
+        with amp.perturbed(batch) as result:
+            compiled(**batch)["loss"].backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        assert float(result.delta_norm) > 0
+    expected = reference_amp(
+        TinyClassifier(), data, steps=2, batch_size=4, epsilon=0.05, perturb=lambda name: name.startswith("fc1.")
+    )
+    trained = {name: p.full_tensor() for name, p in model.named_parameters()}
+    for name, p in expected.named_parameters():
+        torch.testing.assert_close(trained[name], p.detach(), atol=2e-6, rtol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
