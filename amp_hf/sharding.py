@@ -83,11 +83,6 @@ def layout(params: Sequence[torch.Tensor]) -> Layout:
     return Layout(local_shards(sharded), mesh.get_group())
 
 
-def shard_group(params: Sequence[torch.Tensor]) -> dist.ProcessGroup | None:
-    """The process group every parameter is sharded over, or None when none is (see `layout` for what is refused)."""
-    return layout(params).group
-
-
 def local_shards(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """The local shard of each DTensor, as a view of its storage (writing it writes the parameter); others as is."""
     with torch.no_grad():

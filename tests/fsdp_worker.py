@@ -37,10 +37,10 @@ from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from edge_models import OverflowsWhenPushedSharded, RootScaledClassifier
-from helpers import DictDataset, SequentialAMPTrainer, TinyClassifier, reference_amp, tiny_args
+from helpers import DictDataset, SequentialAMPTrainer, TinyClassifier, reference_amp, shard_group, tiny_args
 
 from amp_hf import AMPConfig, close_process_group, perturbed_weights
-from amp_hf.sharding import shard_group
+
 
 STEPS, BATCH = 3, 4
 

@@ -385,3 +385,20 @@ def assert_close_to(model: nn.Module, expected: nn.Module, what: str) -> None:
     model = model.module if isinstance(model, DistributedDataParallel) else model
     for (name, a), (_, b) in zip(model.named_parameters(), expected.named_parameters()):
         torch.testing.assert_close(a, b, atol=2e-6, rtol=1e-5, msg=lambda m, n=name: f"{what}, {n}: {m}")
+
+
+def project_(deltas, epsilon, norm, theta_norms=None, group=None, scales=None) -> torch.Tensor:
+    """Projects Δ in place onto the ball(s) of radius ε (`perturbation.projection_factors`); returns each tensor's
+    norm after. Test-only: the library fuses the projection into θ + Δ."""
+    from amp_hf.perturbation import projection_factors
+
+    factors, norms = projection_factors(deltas, epsilon, norm, theta_norms, group, scales)
+    torch._foreach_mul_(deltas, list(factors.unbind()))
+    return norms * factors
+
+
+def shard_group(params):
+    """The process group every parameter is sharded over, or None (test-only; `sharding.layout` refuses the rest)."""
+    from amp_hf.sharding import layout
+
+    return layout(params).group

@@ -2,10 +2,18 @@
 
 import pytest
 import torch
-from helpers import DictDataset, SequentialAMPTrainer, TinyClassifier, assert_params_close, reference_amp, tiny_args
+from helpers import (
+    DictDataset,
+    SequentialAMPTrainer,
+    TinyClassifier,
+    assert_params_close,
+    project_,
+    reference_amp,
+    tiny_args,
+)
 from torch import nn
 
-from amp_hf import AMP, AMPConfig, perturbed_weights, project_, save_buffers
+from amp_hf import AMP, AMPConfig, perturbed_weights, save_buffers
 
 
 def quadratic_gradient(params, targets):
