@@ -52,6 +52,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import torch
+
 from . import selection
 from .batch import head_of_batch
 from .config import AMPConfig

@@ -190,14 +190,19 @@ class MicroBatchAMP:
                 torch.clear_autocast_cache()
 
     def fall_back(self) -> None:
-        """Inside the block: θ back now, for a descent pass whose loss at θ + Δ was not finite (counted as skipped)."""
+        """Inside the block: θ back now, for a descent pass whose loss at θ + Δ was not finite."""
         block = self._block
-        block.fell_back = True
         block.result.restore()
         if block.fsdp_root is not None:
             reshard(block.fsdp_root)  # its gathered θ + Δ would outlive the restore
         block.before_descent()  # the failed pass's statistics update does not count
-        self._count_skip("the loss at θ + Δ was not finite where the loss at θ was")
+
+    def fell_back_from(self, loss_at_theta: torch.Tensor) -> None:
+        """After `fall_back` and the pass at θ: counted as skipped when the loss at θ is finite (when it is not, the
+        micro-batch is the Trainer's own non-finite case, e.g. a count of 0 items, not AMP's)."""
+        if bool(torch.isfinite(loss_at_theta.detach()).all()):
+            self._block.fell_back = True
+            self._count_skip("the loss at θ + Δ was not finite where the loss at θ was")
 
     def _count_skip(self, why: str) -> None:
         self.skipped += 1
@@ -329,7 +334,9 @@ def announce(named_module: torch.nn.Module, config: AMPConfig) -> None:
     shows nothing below it): what AMP perturbs and the settings, or that AMP is off; and the selection's problems.
     Call it on the main process only."""
     if not config.enabled:
-        logger.warning("AMP is off (amp_inner_steps=%d, amp_epsilon=%g): plain training", config.inner_steps, config.epsilon)
+        logger.warning(
+            "AMP is off (amp_inner_steps=%d, amp_epsilon=%g): plain training", config.inner_steps, config.epsilon
+        )
         return
     found = selection.report(named_module, config)
     logger.warning("%s; settings %s", found.summary(), config)

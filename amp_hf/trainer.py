@@ -343,7 +343,9 @@ class AMPMixin:
                 return result
             del result, loss  # the graph at θ + Δ is never back-propagated
             self._amp.fall_back()
-            return compute_loss(*retry_args, **retry_kwargs)
+            result = compute_loss(*retry_args, **retry_kwargs)
+            self._amp.fell_back_from(result[0] if isinstance(result, tuple) else result)
+            return result
 
         if finite_needed:
             self.compute_loss = guarded

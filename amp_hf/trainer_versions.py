@@ -22,6 +22,7 @@ TRANSFORMERS_VERSION = Version(transformers.__version__)
 TRAINER_4X = TRANSFORMERS_VERSION.major < 5
 """transformers 4.x (4.57 is the oldest release supported): the Trainer of the last 4.x line."""
 
+
 def counted_labels(trainer: Any, inputs: dict[str, Any]) -> Any:
     """The labels whose entries other than -100 the Trainer counts as the micro-batch's items (None: no labels)."""
     if TRAINER_4X:

@@ -41,7 +41,6 @@ from helpers import DictDataset, SequentialAMPTrainer, TinyClassifier, reference
 
 from amp_hf import AMPConfig, close_process_group, perturbed_weights
 
-
 STEPS, BATCH = 3, 4
 
 

@@ -402,3 +402,34 @@ def shard_group(params):
     from amp_hf.sharding import layout
 
     return layout(params).group
+
+
+def running_statistics(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: b.detach().clone() for name, b in model.named_buffers() if "running" in name or "tracked" in name}
+
+
+def statistics_under_each_policy(model: nn.Module, batch: dict, fraction: float, epsilon: float) -> dict[str, dict]:
+    """The running statistics after one AMP micro-batch (K = 1, per-tensor ball) under each policy, in plain PyTorch
+    on copies of `model`: "descent" (the library's: one update, by the descent's forward on the whole micro-batch at
+    θ + Δ) and "head" (the alternative: the clean pass's update, on the head at θ)."""
+    size = max(1, math.ceil(fraction * len(batch["labels"])))
+    head = {k: v[:size] for k, v in batch.items()}
+    descent = copy.deepcopy(model).train()
+    before = running_statistics(descent)
+    with reference_perturbed(list(descent.parameters()), lambda: descent(**head)["loss"], epsilon), torch.no_grad():
+        for name, b in descent.named_buffers():
+            if name in before:
+                b.copy_(before[name])  # the ascent's forward leaves no trace
+        descent(**batch)
+    at_head = copy.deepcopy(model).train()
+    with torch.no_grad():
+        at_head(**head)
+    return {"descent": running_statistics(descent), "head": running_statistics(at_head)}
+
+
+def assert_statistics_of_the_descent(model: nn.Module, policies: dict[str, dict]) -> None:
+    got = running_statistics(model)
+    for name, value in policies["descent"].items():
+        torch.testing.assert_close(got[name], value, msg=lambda m, n=name: f"{n}: {m}")
+    assert int(got["norm.num_batches_tracked"]) == 1  # one update per micro-batch
+    assert not torch.allclose(got["norm.running_mean"], policies["head"]["norm.running_mean"])  # the test can tell

@@ -20,8 +20,10 @@ from helpers import (
     assert_params_close,
     assert_params_equal,
     assert_params_far,
+    assert_statistics_of_the_descent,
     params_of,
     reference_amp,
+    statistics_under_each_policy,
     tiny_args,
 )
 from torch import nn
@@ -314,17 +316,15 @@ def test_fp16_grad_scaler_end_to_end(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- BatchNorm
-def test_batchnorm_running_stats_update_once_per_micro_batch(tmp_path):
+@pytest.mark.parametrize("fraction", [1.0, 0.5])
+def test_batchnorm_running_stats_are_the_descents_whole_micro_batch(tmp_path, fraction):
+    """One update per micro-batch, by the descent (`Trainer.training_step`'s forward) on the whole micro-batch at
+    θ + Δ; not the clean pass's on the head at θ (running_stats.py: the measured policy)."""
     data = DictDataset()
     model = TinyClassifier(batchnorm=True)
-    expected = TinyClassifier(batchnorm=True)
-    expected.train()
-    with torch.no_grad():
-        expected(x=data.x[:4])  # one clean forward at θ: the only update plain training makes on step 0
-    train(SequentialAMPTrainer, model, tmp_path, data, max_steps=1)
-    assert int(model.norm.num_batches_tracked) == 1
-    torch.testing.assert_close(model.norm.running_mean, expected.norm.running_mean)
-    torch.testing.assert_close(model.norm.running_var, expected.norm.running_var)
+    policies = statistics_under_each_policy(model, {"x": data.x[:4], "labels": data.y[:4]}, fraction, epsilon=0.5)
+    train(SequentialAMPTrainer, model, tmp_path, data, max_steps=1, amp_ascent_fraction=fraction)
+    assert_statistics_of_the_descent(model, policies)
 
 
 # -------------------------------------------------------------------------------- which tensors move
