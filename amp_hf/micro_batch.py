@@ -86,9 +86,8 @@ class MicroBatchAMP:
         """Called once, at the first step of an optimizer that holds the perturbed parameters (the loop's warning)."""
 
     def release(self) -> None:
-        """Frees θ's buffers (the end of training) and forgets the model-specific caches."""
+        """Frees θ's buffers (the end of training)."""
         self._theta = ThetaBuffers()
-        self._reentrant = None
 
     # ------------------------------------------------------------------------------------- the gradient at θ (+ Δ)
     def gradient(

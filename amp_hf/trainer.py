@@ -206,9 +206,9 @@ class AMPMixin:
     def train(self, *args: Any, **kwargs: Any):
         # Arguments may have been edited since construction (or by a hyper-parameter search trial): validate again
         # before any training starts.
-        self.amp_config = self._amp.config = self._read_amp_config()
+        self.amp_config = self._read_amp_config()
+        self._amp = MicroBatchAMP(self.amp_config)  # a fresh window and caches (checkpointing may have changed)
         self._amp_candidates = None
-        self._amp.window = type(self._amp.window)()
         self._amp_announced = False
         try:
             return super().train(*args, **kwargs)
