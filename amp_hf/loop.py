@@ -1,7 +1,7 @@
 """AMP (Adversarial Model Perturbation, not mixed precision) for custom training loops, with or without Accelerate.
 
-The Trainer glue (`trainer.py`) and this module run the same step, `perturbation.perturbed_weights`; this module
-only supplies what a loop has instead of a Trainer: the micro-batch, a loss function and the `Accelerator`.
+One AMP micro-batch is `micro_batch.py`'s, shared with AMPTrainer; this module only supplies what a loop has instead
+of a Trainer: the micro-batch, a loss function and the `Accelerator`.
 
     amp = AMP(model, accelerator=accelerator, amp_epsilon=0.5)        # after accelerator.prepare(...)
     for batch in train_dataloader:
@@ -13,10 +13,9 @@ only supplies what a loop has instead of a Trainer: the micro-batch, a loss func
         optimizer.zero_grad()
 
 Per micro-batch, on an AMP step, `perturbed(batch)`:
-  1. runs the ascent passes (clean + K − 1) on the model without its DDP wrapper, each on the micro-batch's own
-     **mean** loss (`loss_fn`), its gradient from `torch.autograd.grad` unscaled by the fp16 GradScaler's scale:
-     nothing is written to `.grad` and nothing is communicated, whatever the accumulation or the process count.
-     With `amp_ascent_fraction` < 1 these passes see the head of the micro-batch only (`batch.py`);
+  1. runs the ascent passes (clean + K − 1) on the model inside its DDP / compile wrappers, each on the micro-batch's
+     own **mean** loss (`loss_fn`; the head of the micro-batch with `amp_ascent_fraction` < 1): nothing is written to
+     `.grad` and nothing is communicated, whatever the accumulation or the process count;
   2. leaves the weights at θ + Δ for the block, where the loop's own forward and `accelerator.backward` take the
      descent gradient exactly as they would without AMP (loss scaling, accumulation, DDP's gradient sync);
   3. copies θ back on exit, also when the block raises; BatchNorm running statistics are updated once, by the
@@ -35,8 +34,8 @@ Optimizer steps are counted by this object, for `amp_interval` and `amp_start_st
 `accelerator.sync_gradients` is set (read when the block exits, so either order of the context managers counts the
 same) ends a step; a block that raises counts none.
 
-Under FSDP2 (`fully_shard`) the ascent's gradient is the average over the processes, as in AMPTrainer (`trainer.py`
-says why); DeepSpeed, FSDP1 and offloaded FSDP2 are refused when `AMP` is built (`REFUSED_BACKENDS`).
+Under FSDP2 (`fully_shard`) the ascent's gradient is the average over the processes, as in AMPTrainer; DeepSpeed,
+FSDP1 and offloaded FSDP2 are refused when `AMP` is built (`REFUSED_BACKENDS`).
 Presets: `AMP(model, amp_preset="cnn_long_noisy", ...)` starts from a library preset (`amp_hf.presets`); explicit
 `amp_*` keywords win over it, as with `AMPTrainingArguments(amp_preset=...)`.
 """
@@ -59,7 +58,7 @@ from .config import AMPConfig
 from .micro_batch import MicroBatchAMP, announce, defaults_warning
 from .perturbation import AscentResult
 from .presets import preset_config
-from .sharding import is_partitioned, is_sharded
+from .sharding import fsdp_plugin_problem, is_partitioned, is_sharded
 from .training_args import AMPArgumentsMixin
 from .wrapped_models import grad_scaler_scale, is_fsdp2, unwrapped
 
@@ -169,7 +168,6 @@ class AMP:
         if self.config.enabled:
             self._check_supported()
         named = unwrapped(model)
-        self._candidates = selection.candidates(named, self.config)
         self.selection = selection.report(named, self.config)
         """What AMP perturbs in this model; its `problems()` (patterns matching nothing) are logged as warnings."""
         if self._is_main_process():
@@ -192,7 +190,7 @@ class AMP:
         """Refuses the set-ups the custom-loop glue does not handle, before anything trains."""
         kind = getattr(getattr(self.accelerator, "distributed_type", None), "name", None)
         module = unwrapped(self.model)
-        if kind == "FSDP" and _fsdp2_plugin_without_offload(self.accelerator):
+        if kind == "FSDP" and fsdp_plugin_problem(self.accelerator) is None:
             kind = None
         if type(self.model).__name__ == "DeepSpeedEngine" or any(is_partitioned(p) for p in module.parameters()):
             kind = "DEEPSPEED"
@@ -220,7 +218,7 @@ class AMP:
 
     def named_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
         """(name, parameter) of every tensor AMP perturbs now: trainable (read every call), selected by the patterns."""
-        return [(name, p) for name, p in self._candidates if p.requires_grad]
+        return self._amp.parameters(self.model)
 
     # ---------------------------------------------------------------------------------------------------- the step
     @contextmanager
@@ -279,10 +277,3 @@ class AMP:
         processes = max(1, int(getattr(self.accelerator, "num_processes", 1)))
         reduce = None if processes == 1 else (lambda t: self.accelerator.reduce(t, reduction="sum"))
         return window.metrics(getattr(self.accelerator, "device", "cpu"), reduce, processes, float("nan"))
-
-
-def _fsdp2_plugin_without_offload(accelerator: Any) -> bool:
-    """Whether accelerate's FSDP plugin asks for FSDP2 without parameter offload (what AMPTrainer accepts too)."""
-    plugin = getattr(getattr(accelerator, "state", None), "fsdp_plugin", None)
-    offload = getattr(plugin, "cpu_offload", None)
-    return getattr(plugin, "fsdp_version", 1) == 2 and type(offload).__name__ != "CPUOffloadPolicy"

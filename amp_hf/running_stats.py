@@ -1,13 +1,10 @@
 """BatchNorm-style running statistics under AMP: one update per micro-batch, by the descent pass.
 
 Every AMP pass runs the model in training mode, so BatchNorm (and InstanceNorm with `track_running_stats`) would
-update its running mean and variance K + 1 times per micro-batch, from perturbed weights too. The policy
-(`updated_by_the_descent`): the buffers are copied before the clean pass and put back once the ascent passes are
-done, so the descent pass, on the whole micro-batch at θ + Δ, makes the one update, as the one forward of plain
-training does. The alternative, the clean pass's update (on the head ⌈f·B⌉ of the micro-batch at θ when
-`amp_ascent_fraction` f < 1), was measured against it on the held-out frontier task (Fashion-MNIST 5k, 20% noise,
-40 epochs, f = 1/8, 3 paired seeds): test error 15.52% against 15.58%, a difference inside its spread
-(docs/arguments.md, `amp_ascent_fraction`); the rule fixed before the runs chose the descent's.
+update its running statistics K + 1 times per micro-batch. The policy, `updated_by_the_descent`: the descent pass, on
+the whole micro-batch at θ + Δ, makes the one update, as the one forward of plain training does; the ascent passes
+leave no trace. Measured against the clean pass's update (the head at θ when `amp_ascent_fraction` < 1) on the
+held-out frontier task: docs/arguments.md, `amp_ascent_fraction`.
 """
 
 from __future__ import annotations

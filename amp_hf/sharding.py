@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -129,3 +130,15 @@ def _drop_gathered_copies(params: list[torch.Tensor]) -> None:
         )
     if gathered:
         gathered[0].partition(param_list=gathered)
+
+
+def fsdp_plugin_problem(accelerator: Any) -> str | None:
+    """Why accelerate's FSDP plugin is not what AMP supports (FSDP2 without CPU offload), or None when it is: FSDP1's
+    flat parameters hide the tensors, and offloaded shards and gradients are not verified."""
+    plugin = getattr(getattr(accelerator, "state", None), "fsdp_plugin", None)
+    version = getattr(plugin, "fsdp_version", 1)  # the Trainer reads a missing version as 1 too
+    if version != 2 or DTensor is None:
+        return f"FSDP version {version} (FSDP1's flat parameters hide the tensors; FSDP2, `fully_shard`, is supported)"
+    if type(getattr(plugin, "cpu_offload", None)).__name__ == "CPUOffloadPolicy":
+        return "FSDP2 with CPU offload (`cpu_offload` / `fsdp_offload_params`: offloaded shards are not verified)"
+    return None

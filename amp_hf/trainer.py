@@ -1,42 +1,24 @@
-"""Trainer glue: run the AMP step of `perturbation.py` inside the Hugging Face Trainer's own training step.
+"""Trainer glue: run one AMP micro-batch (`micro_batch.py`, shared with the custom-loop API) inside the Hugging Face
+Trainer's own training step. This module says only what the Trainer supplies: its loss path, its item count, its
+step count, its logging and its refusals.
 
 Per micro-batch, on an AMP step:
   1. ascent passes (clean + K − 1): `compute_loss` as the Trainer calls it, but with the micro-batch's own item count
      as `num_items_in_batch` (when the Trainer passes a count at all), so every loss path (a model honouring the count
-     or ignoring it, a `compute_loss_func` dividing by it, the label smoother) gives the micro-batch's **mean** loss.
-     Its gradient comes from `torch.autograd.grad` on the model without its DDP wrapper, unscaled by the fp16
-     GradScaler's scale: `.grad` is left as it was and no gradient is communicated, whatever the accumulation or the
-     process count. (Under reentrant gradient checkpointing, whose backward refuses `torch.autograd.grad`, a real
-     backward with every `.grad` moved aside and put back.) With `amp_ascent_fraction` < 1 these passes see the head
-     of the micro-batch only (`batch.py`).
+     or ignoring it, a `compute_loss_func` dividing by it, the label smoother) gives the micro-batch's **mean** loss,
+     on the model inside its DDP / compile / DeepSpeed wrappers. With `amp_ascent_fraction` < 1 these passes see the
+     head of the micro-batch only (`batch.py`).
   2. descent pass at θ + Δ: `Trainer.training_step` itself, so loss scaling, the label smoother, `compute_loss_func`,
-     custom `compute_loss` overrides, accumulation and DDP gradient sync behave exactly as in the plain Trainer. A
-     descent loss that is not finite is never back-propagated: the micro-batch is retrained at θ instead, from its
-     own copy of the inputs.
+     custom `compute_loss` overrides, accumulation and DDP gradient sync behave exactly as in the plain Trainer, and
+     the logged `loss` is the Trainer's own number for it. A descent loss that is not finite is never
+     back-propagated: the micro-batch is retrained at θ instead, from its own copy of the inputs, decided by every
+     process together (a process deciding alone would call `compute_loss`, and its collectives, a different number
+     of times).
   3. θ is copied back (also on error); running statistics are updated once, by the descent (`running_stats.py`).
 
-Decisions (skip a non-finite ascent, fall back in the descent) are taken by every process together whenever the run
-is distributed: one all-reduced flag per inner step and per descent pass. A process deciding alone would call
-`compute_loss` a different number of times than the others, and any collective inside it (SyncBatchNorm, TRL's
-metric gathering) would pair up wrongly or hang.
-
-The logged `loss` is the Trainer's own number for its own pass, the descent at θ + Δ; `amp_clean_loss` is the mean
-loss at θ of the window's AMP micro-batches (on the head when `amp_ascent_fraction` < 1). `micro_batch.py` holds all
-that is shared with the custom-loop API (the gradient, FSDP2's preparation, running statistics, skip decisions,
-metrics, θ's buffers, the optimizer-step hooks); this module says only what the Trainer supplies: its loss path
-(`compute_loss`), its item count, its step count, its logging and its refusals.
-
-FSDP2 (`fully_shard`) differs in step 1, by necessity: each process holds only shards, the forward runs on
-all-gathered copies that are not the parameters autograd can differentiate to, and a gradient reaches the shards only
-through FSDP's reduce-scatter, which averages it over the processes. A per-process Δ would need a full-size Δ on each
-process, which is what sharding avoids. So under FSDP2 the ascent gradient is the **average over the processes** of
-each process's micro-batch mean-loss gradient, taken by a real backward with every `.grad` moved aside and put back,
-and each process perturbs its shards with whole-tensor norms (`perturbation.py`). With equal micro-batches that is
-one process running AMP on the concatenation of all processes' micro-batches. AMP micro-batches reduce-scatter on
-every pass (the ascent needs it; the descent then accumulates into the sharded `.grad`, as with accelerate's
-`sync_each_batch`), so no unsharded gradient accumulates outside FSDP's sharded `.grad`. FSDP2 keeps the root
-module's gathered parameters after its forward and registers them in place of the shards meanwhile: the step
-reshards before it lists the parameters and before a forward at θ after one at θ + Δ.
+FSDP2 (`fully_shard`) and ZeRO-3 differ in step 1, by necessity: the ascent gradient is the **average over the
+processes** of each process's micro-batch mean-loss gradient, and each process perturbs its shards with whole-tensor
+norms (docs/distributed.md, `micro_batch.py`, `sharding.py`).
 """
 
 from __future__ import annotations
@@ -51,16 +33,12 @@ import torch
 from torch.profiler import record_function
 from transformers import Seq2SeqTrainer, Trainer
 
-try:  # public since torch 2.6; builds without distributed support have no FSDP2
-    from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule
-except ImportError:  # pragma: no cover - depends on the torch build
-    CPUOffloadPolicy = FSDPModule = None
-
-from . import deepspeed_engine, selection, trainer_versions
+from . import deepspeed_engine, trainer_versions
 from .batch import head_of_batch
 from .config import AMPConfig
 from .micro_batch import METRIC_NAMES, REENTRANT_UNDER_DEEPSPEED, MicroBatchAMP, announce, defaults_warning
 from .perturbation import on_every_process
+from .sharding import fsdp_plugin_problem
 from .wrapped_models import grad_scaler_scale, unwrapped
 
 logger = logging.getLogger(__name__)
@@ -85,7 +63,6 @@ class AMPMixin:
         super().__init__(*args, **kwargs)
         self.amp_config = self._read_amp_config(announce_defaults=True)
         self._amp = MicroBatchAMP(self.amp_config)
-        self._amp_candidates: tuple[int, list[tuple[str, torch.nn.Parameter]]] | None = None
         self._amp_announced = False
 
     # ----------------------------------------------------------------------------------------------- configuration
@@ -118,7 +95,13 @@ class AMPMixin:
                 "set amp_inner_steps=0 / amp_epsilon=0 for plain training."
             )
         if getattr(self, "is_fsdp_enabled", False):
-            self._check_fsdp_plugin()
+            problem = fsdp_plugin_problem(self.accelerator)
+            if problem is not None:
+                raise ValueError(
+                    f"AMPTrainer does not support {problem}. Use FSDP2 without offload (fsdp_config {{'version': 2}}, "
+                    "or `fsdp_version: 2` in the accelerate config, as in examples/accelerate/fsdp_gpu.yaml) or DDP, "
+                    "or set amp_inner_steps=0 / amp_epsilon=0 for plain training."
+                )
         self._check_supported_features()
         return config
 
@@ -184,31 +167,11 @@ class AMPMixin:
         if getattr(self, "is_deepspeed_enabled", False) and args.gradient_checkpointing and kwargs.get("use_reentrant"):
             raise ValueError(REENTRANT_UNDER_DEEPSPEED)
 
-    def _check_fsdp_plugin(self) -> None:
-        """FSDP2 is supported; FSDP1 and parameter offloading are refused here, before anything runs."""
-        plugin = getattr(getattr(getattr(self, "accelerator", None), "state", None), "fsdp_plugin", None)
-        version = getattr(plugin, "fsdp_version", 1)  # the Trainer reads a missing version as 1 too
-        if version != 2 or FSDPModule is None:
-            raise ValueError(
-                f"AMPTrainer does not support FSDP version {version}: it perturbs FSDP2 (`fully_shard`) shards with "
-                "whole-tensor norms, and FSDP1's flat parameters hide the tensors. Use FSDP2 (fsdp_config "
-                "{'version': 2}, or `fsdp_version: 2` in the accelerate config, as in "
-                "examples/accelerate/fsdp_gpu.yaml) or DDP, or set amp_inner_steps=0 / amp_epsilon=0 for plain "
-                "training."
-            )
-        if CPUOffloadPolicy is not None and isinstance(getattr(plugin, "cpu_offload", None), CPUOffloadPolicy):
-            raise ValueError(
-                "AMPTrainer does not support FSDP2 with CPU offload (`cpu_offload` / `fsdp_offload_params`): it is "
-                "not verified that the perturbation and the reductions of its norms run where offloaded shards and "
-                "gradients live. Use FSDP2 without offload, or DDP, or set amp_inner_steps=0 / amp_epsilon=0."
-            )
-
     def train(self, *args: Any, **kwargs: Any):
         # Arguments may have been edited since construction (or by a hyper-parameter search trial): validate again
         # before any training starts.
         self.amp_config = self._read_amp_config()
         self._amp = MicroBatchAMP(self.amp_config)  # a fresh window and caches (checkpointing may have changed)
-        self._amp_candidates = None
         self._amp_announced = False
         try:
             return super().train(*args, **kwargs)
@@ -226,8 +189,8 @@ class AMPMixin:
                 type(self).__name__,
                 type(self.args).__name__,
             )
-        self.amp_config = self._amp.config = self._read_amp_config()
-        self._amp_candidates = None
+        self.amp_config = self._read_amp_config()
+        self._amp = MicroBatchAMP(self.amp_config)
 
     # ------------------------------------------------------------------------------------ what AMP perturbs
     def amp_parameters(self, model: torch.nn.Module | None = None) -> list[tuple[str, torch.nn.Parameter]]:
@@ -237,11 +200,7 @@ class AMPMixin:
         so patterns read the same however the run is launched. `requires_grad` is read on every call: a parameter
         frozen or unfrozen during training leaves or joins the perturbed set at the next step.
         """
-        model = self.model if model is None else model
-        # The name test is cached, keyed by the model as passed: unwrapping costs ~0.1 ms, as much as AMP's glue.
-        if self._amp_candidates is None or self._amp_candidates[0] != id(model):
-            self._amp_candidates = (id(model), selection.candidates(unwrapped(model), self.amp_config))
-        return [(name, p) for name, p in self._amp_candidates[1] if p.requires_grad]
+        return self._amp.parameters(self.model if model is None else model)
 
     def amp_parameter_names(self, model: torch.nn.Module | None = None) -> list[str]:
         """The names of the parameters AMP perturbs now (the model's own names, which the patterns are matched to)."""

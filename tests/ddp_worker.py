@@ -197,7 +197,7 @@ def main() -> None:
     ckpt, ckpt_counts = run(
         SequentialAMPTrainer, ReentrantCheckpointed(), data, out, amp_epsilon=0.05, ddp_find_unused_parameters=False
     )  # DDP must not look for unused parameters: they hide inside the reentrant checkpoint's segment
-    assert ckpt._amp_reentrant[1]
+    assert ckpt._amp._reentrant[1]
     assert ckpt_counts == erm_counts, (ckpt_counts, erm_counts)
     assert_close_to(ckpt.model, expected, "reentrant checkpointing under DDP")
     assert_ranks_identical(ckpt.model)
