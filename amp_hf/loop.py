@@ -172,9 +172,9 @@ class AMP:
         """What AMP perturbs in this model; its `problems()` (patterns matching nothing) are logged as warnings."""
         if self._is_main_process():
             announce(named, self.config)
-            if reference_defaults and self.config.enabled:
-                self._warn_defaults(None)  # the model now; the optimizer at its first step
-                self._amp.first_step = self._warn_defaults
+            if reference_defaults and self.config.enabled:  # the model now; the optimizer at its first step
+                self._amp.first_step = lambda optimizer: self._warn(defaults_warning(None, optimizer))
+                self._warn(defaults_warning(named))
 
     @classmethod
     def from_args(cls, model: torch.nn.Module, args: Any, *, accelerator: Any = None, **kwargs: Any) -> AMP:
@@ -203,10 +203,10 @@ class AMP:
                 "training."
             )
 
-    def _warn_defaults(self, optimizer: Any) -> None:
-        found = defaults_warning(unwrapped(self.model) if optimizer is None else None, optimizer)
-        if found is not None:
-            logger.warning(found)
+    @staticmethod
+    def _warn(message: str | None) -> None:
+        if message is not None:
+            logger.warning(message)
 
     def _is_main_process(self) -> bool:
         return bool(getattr(self.accelerator, "is_main_process", True))

@@ -1,22 +1,13 @@
 """One AMP micro-batch, whatever drives it: everything around the paper's box (`perturbation.perturbed_weights`).
 
-AMPTrainer (`trainer.py`) and the custom-loop API (`loop.py`) each own one `MicroBatchAMP` and supply only what they
-have: the micro-batch's mean loss at the current weights (a closure), the module inside the wrappers, the optimizer
-step they are at. Everything else an AMP micro-batch needs lives here, once:
-
-  - the gradient at the current weights (`MicroBatchAMP.gradient`): the loss scaled by the fp16 scale and the
-    gradient unscaled; `torch.autograd.grad`, or a real backward with `.grad` moved aside (FSDP2, reentrant
-    checkpoints, detected once per model), or ZeRO-3's partitions (`deepspeed_engine.zero3_gradient`); None → zeros;
-  - FSDP2's preparation (reshard, gradient sync on) before the parameters are listed (`wrapped_models.reshard`);
-  - the running statistics (`running_stats.updated_by_the_descent`, the measured policy);
-  - skip decisions taken by every process together (`world_if_distributed`), and the fallback of a descent that is
-    not finite (`fall_back`);
-  - the θ buffers (`perturbation.ThetaBuffers`), reused step after step;
-  - the metrics window, with one vocabulary for both APIs (`METRIC_NAMES`);
-  - what is perturbed and the start-up line (`announce`), and the warning for the reference defaults where they do
-    not fit (`defaults_warning`);
-  - the optimizer-step hooks: one global pre/post pair per owner, acting only while its block is active and only for
-    optimizers holding its perturbed parameters (`_before_step`).
+AMPTrainer (`trainer.py`) and the custom-loop API (`loop.py`) each own one `MicroBatchAMP` and supply only the
+micro-batch's mean loss at the current weights, the model and the optimizer step they are at. Here, once: the gradient
+at the current weights (`gradient`: fp16 scale in and out; autograd, a real backward for FSDP2 and reentrant
+checkpoints, ZeRO-3's partitions; None → zeros); FSDP2's preparation (`prepare`); the running statistics
+(`running_stats.updated_by_the_descent`); skip decisions over the world and the descent's fallback (`fall_back`);
+θ's buffers; what is perturbed (`parameters`, `announce`, `defaults_warning`); the metrics window (`METRIC_NAMES`);
+and the optimizer-step hooks, one global pair per owner acting only inside its block on optimizers holding its
+perturbed parameters (`_before_step`).
 """
 
 from __future__ import annotations
@@ -231,11 +222,6 @@ class MicroBatchAMP:
     def fell_back(self) -> bool:
         """Inside the block: whether `fall_back` ran."""
         return self._block is not None and self._block.fell_back
-
-    @property
-    def group(self) -> Any:
-        """Inside the block: the processes that take the block's decisions together (`AscentResult.group`)."""
-        return self._block.result.group
 
     # --------------------------------------------------------------------------------------- optimizer-step hooks
     def _hook_once(self) -> None:

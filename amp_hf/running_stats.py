@@ -16,39 +16,29 @@ import torch
 from torch.nn.modules.batchnorm import _NormBase
 
 
-class RunningStatsSnapshot:
-    """A copy of every running-statistics buffer of `model`, restorable in place."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self._saved: list[tuple[torch.Tensor, torch.Tensor]] = [
-            (buffer, buffer.detach().clone())
-            for module in model.modules()
-            if isinstance(module, _NormBase) and module.track_running_stats
-            for buffer in (module.running_mean, module.running_var, module.num_batches_tracked)
-            if buffer is not None
-        ]
-
-    def restore(self) -> None:
-        with torch.no_grad():
-            for buffer, saved in self._saved:
-                buffer.copy_(saved)
-
-
 @contextmanager
 def updated_by_the_descent(model: torch.nn.Module) -> Iterator[Callable[[], None]]:
     """AMP's running-statistics policy: enter before the clean pass; call the yielded `before_descent` when the
-    ascent passes are done (again before a retried descent). The descent's forward then makes the micro-batch's one
-    update. If the block fails before the descent, the statistics are put back as they were."""
-    snapshot = RunningStatsSnapshot(model)
+    ascent passes are done (again before a retried descent): it puts every running-statistics buffer back, so the
+    descent's forward makes the micro-batch's one update. A block that fails before the descent puts them back too."""
+    saved = [
+        (buffer, buffer.detach().clone())
+        for module in model.modules()
+        if isinstance(module, _NormBase) and module.track_running_stats
+        for buffer in (module.running_mean, module.running_var, module.num_batches_tracked)
+        if buffer is not None
+    ]
     reached = False
 
     def before_descent() -> None:
         nonlocal reached
         reached = True
-        snapshot.restore()
+        with torch.no_grad():
+            for buffer, value in saved:
+                buffer.copy_(value)
 
     try:
         yield before_descent
     finally:
         if not reached:
-            snapshot.restore()
+            before_descent()

@@ -36,15 +36,12 @@ from transformers import Seq2SeqTrainer, Trainer
 from . import deepspeed_engine, trainer_versions
 from .batch import head_of_batch
 from .config import AMPConfig
-from .micro_batch import METRIC_NAMES, REENTRANT_UNDER_DEEPSPEED, MicroBatchAMP, announce, defaults_warning
-from .perturbation import on_every_process
+from .micro_batch import REENTRANT_UNDER_DEEPSPEED, MicroBatchAMP, announce, defaults_warning
+from .perturbation import AscentResult, on_every_process
 from .sharding import fsdp_plugin_problem
 from .wrapped_models import grad_scaler_scale, unwrapped
 
 logger = logging.getLogger(__name__)
-
-METRIC_KEYS = METRIC_NAMES
-"""The `amp_*` keys of every training log (the same as `AMP.metrics()`'s)."""
 
 STEPS_IN_BACKWARD = ("lomo", "adalomo", "galore_adamw_layerwise", "galore_adamw_8bit_layerwise")
 STEPS_IN_BACKWARD += ("galore_adafactor_layerwise", "apollo_adamw_layerwise")
@@ -108,61 +105,39 @@ class AMPMixin:
     def _check_supported_features(self) -> None:
         """Refuses the Trainer features AMP cannot run correctly, naming the field, before anything trains."""
         args = self.args
-        refuse = "AMPTrainer does not support {what}: {why}. {instead}, or set amp_inner_steps=0 / amp_epsilon=0 for "
-        refuse += "plain training."
-        if getattr(args, "n_gpu", 1) > 1:
-            raise ValueError(
-                refuse.format(
-                    what=f"nn.DataParallel (n_gpu={args.n_gpu}: several GPUs seen by one process that was not "
-                    "launched as a distributed run)",
-                    why="the Trainer splits each micro-batch over the GPUs inside one forward, so the ascent's loss "
-                    "and its item count are not one micro-batch's, and every ascent pass would replicate the model",
-                    instead="Launch one process per GPU (torchrun --nproc_per_node N, or accelerate launch), which "
-                    "is DDP, or make one GPU visible (CUDA_VISIBLE_DEVICES=0)",
-                )
-            )
         parallelism = getattr(args, "parallelism_config", None) or getattr(self.accelerator, "parallelism_config", None)
-        for name, kind in (("cp_size", "context parallelism"), ("sp_size", "sequence parallelism")):
-            size = getattr(parallelism, name, None) or 1
-            if size > 1:
-                raise ValueError(
-                    refuse.format(
-                        what=f"{kind} (parallelism_config.{name}={size}; allowed: 1)",
-                        why="each process holds a slice of every sequence, so its loss and gradient are not a "
-                        "micro-batch's and the perturbation would differ between the slices",
-                        instead="Use data parallelism (DDP or FSDP2) with parallelism_config.cp_size = sp_size = 1",
-                    )
-                )
         tp_size = self.get_tp_size() if hasattr(self, "get_tp_size") else 1
         tp_size = max(tp_size, getattr(parallelism, "tp_size", None) or 1)
-        if tp_size > 1:
-            raise ValueError(
-                refuse.format(
-                    what=f"tensor parallelism (tensor-parallel size {tp_size}: the model's tp_plan / tp_size, "
-                    "parallelism_config.tp_size or DeepSpeed's tensor_parallel.autotp_size; allowed: 1)",
-                    why="each process holds a slice of the weight tensors, and the norms of the ball would be those "
-                    "of the slices",
-                    instead="Load the model without tp_plan and use DDP or FSDP2",
+        sliced = "each process holds a slice of every sequence, so its loss and gradient are not a micro-batch's and "
+        sliced += "the perturbation would differ between the slices"
+        refusals = [  # (refused, what, why, what to do instead)
+            (getattr(args, "n_gpu", 1) > 1, f"nn.DataParallel (n_gpu={args.n_gpu}: several GPUs seen by one process "
+             "that was not launched as a distributed run)", "the Trainer splits each micro-batch over the GPUs inside "
+             "one forward, so the ascent's loss and its item count are not one micro-batch's, and every ascent pass "
+             "would replicate the model", "Launch one process per GPU (torchrun --nproc_per_node N, or accelerate "
+             "launch), which is DDP, or make one GPU visible (CUDA_VISIBLE_DEVICES=0)"),
+            *(((getattr(parallelism, name, None) or 1) > 1, f"{kind} (parallelism_config.{name}="
+               f"{getattr(parallelism, name, None)}; allowed: 1)", sliced, "Use data parallelism (DDP or FSDP2) with "
+               "parallelism_config.cp_size = sp_size = 1")
+              for name, kind in (("cp_size", "context parallelism"), ("sp_size", "sequence parallelism"))),
+            (tp_size > 1, f"tensor parallelism (tensor-parallel size {tp_size}: the model's tp_plan / tp_size, "
+             "parallelism_config.tp_size or DeepSpeed's tensor_parallel.autotp_size; allowed: 1)", "each process "
+             "holds a slice of the weight tensors, and the norms of the ball would be those of the slices",
+             "Load the model without tp_plan and use DDP or FSDP2"),
+            (getattr(args, "half_precision_backend", None) == "apex", "half_precision_backend='apex'", "apex scales "
+             "the loss inside its own backward, so the ascent gradient would not be unscaled and overflows would not "
+             "be caught the way they are for the GradScaler", "Use half_precision_backend='auto' (torch.amp: fp16 "
+             "with the GradScaler, or bf16)"),
+            (getattr(args, "past_index", -1) >= 0, f"past_index={getattr(args, 'past_index', -1)} (allowed: -1)",
+             "the Trainer keeps the model's memory output (`_past`) from each forward and feeds it to the next, so "
+             "the ascent passes would advance it too", "Train without past_index"),
+        ]  # fmt: skip
+        for refused, what, why, instead in refusals:
+            if refused:
+                raise ValueError(
+                    f"AMPTrainer does not support {what}: {why}. {instead}, or set amp_inner_steps=0 / "
+                    "amp_epsilon=0 for plain training."
                 )
-            )
-        if getattr(args, "half_precision_backend", None) == "apex":
-            raise ValueError(
-                refuse.format(
-                    what="half_precision_backend='apex'",
-                    why="apex scales the loss inside its own backward, so the ascent gradient would not be unscaled "
-                    "and overflows would not be caught the way they are for the GradScaler",
-                    instead="Use half_precision_backend='auto' (torch.amp: fp16 with the GradScaler, or bf16)",
-                )
-            )
-        if getattr(args, "past_index", -1) >= 0:
-            raise ValueError(
-                refuse.format(
-                    what=f"past_index={args.past_index} (allowed: -1)",
-                    why="the Trainer keeps the model's memory output (`_past`) from each forward and feeds it to the "
-                    "next, so the ascent passes would advance it too",
-                    instead="Train without past_index",
-                )
-            )
         kwargs = getattr(args, "gradient_checkpointing_kwargs", None) or {}
         if getattr(self, "is_deepspeed_enabled", False) and args.gradient_checkpointing and kwargs.get("use_reentrant"):
             raise ValueError(REENTRANT_UNDER_DEEPSPEED)
@@ -250,7 +225,7 @@ class AMPMixin:
             deepspeed_engine.deferred_step(engine),  # DeepSpeed steps inside backward: only once θ is back
             self._amp.perturbed(ascent_model, params, mean_loss, scale, trainable, engine) as ascent,
             record_function("amp.descent_pass"),
-            self._amp_guarded_descent(finite_needed=not ascent.skipped),
+            self._amp_guarded_descent(ascent),
         ):
             loss = super().training_step(model, inputs, num_items_in_batch)
             fell_back = self._amp.fell_back
@@ -282,14 +257,10 @@ class AMPMixin:
         return self.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
 
     @contextmanager
-    def _amp_guarded_descent(self, finite_needed: bool) -> Iterator[None]:
-        """A descent loss at θ + Δ that is not finite is never back-propagated: θ is put back and the micro-batch's
-        loss is computed again there, from its own copy of the inputs (the first call may have popped `labels`),
-        agreed over the processes (the same number of `compute_loss` calls, and collectives, everywhere).
-
-        The Trainer calls `self.compute_loss` once per `training_step`; for that call an instance attribute wraps
-        whatever `compute_loss` this trainer has (a subclass's override included), and returns its result as is.
-        """
+    def _amp_guarded_descent(self, ascent: AscentResult) -> Iterator[None]:
+        """A descent loss at θ + Δ that is not finite is never back-propagated: θ is put back and the loss computed
+        again there, from its own copy of the inputs (the first call may have popped `labels`), agreed over the
+        processes. For the Trainer's one `self.compute_loss` call, an instance attribute wraps the most derived one."""
         compute_loss = self.compute_loss  # bound: the most derived override
 
         def guarded(*args: Any, **kwargs: Any):
@@ -298,7 +269,7 @@ class AMPMixin:
             retry_kwargs = {k: copy.copy(v) if isinstance(v, Mapping) else v for k, v in kwargs.items()}
             result = compute_loss(*args, **kwargs)
             loss = result[0] if isinstance(result, tuple) else result
-            if bool(on_every_process(torch.isfinite(loss.detach()).all(), self._amp.group)):
+            if bool(on_every_process(torch.isfinite(loss.detach()).all(), ascent.group)):
                 return result
             del result, loss  # the graph at θ + Δ is never back-propagated
             self._amp.fall_back()
@@ -306,7 +277,7 @@ class AMPMixin:
             self._amp.fell_back_from(result[0] if isinstance(result, tuple) else result)
             return result
 
-        if finite_needed:
+        if not ascent.skipped:
             self.compute_loss = guarded
         try:
             yield
@@ -323,9 +294,8 @@ class AMPMixin:
 
     # ---------------------------------------------------------------------------------------------------- logging
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
-        """Adds `METRIC_NAMES` to every training log (the logs with `loss`): `loss` stays the Trainer's own number
-        (the descent pass, at θ + Δ); `amp_clean_loss` is the mean loss at θ of the window's AMP micro-batches (in a
-        window without any it is `loss`, trained at θ). One reduction per log, on every process, like `loss`'s."""
+        """Adds `micro_batch.METRIC_NAMES` to every training log (docs/arguments.md): `loss` stays the Trainer's
+        own number; one reduction per log, on every process, like `loss`'s."""
         if "loss" in logs and self.amp_config.enabled:
             window, self._amp.window = self._amp.window, type(self._amp.window)()
             reduce = lambda t: self.accelerator.reduce(t, reduction="sum")  # noqa: E731

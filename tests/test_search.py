@@ -20,8 +20,8 @@ from transformers.trainer_utils import BestRun
 
 from amp_hf import AMPTrainer, AMPTrainingArguments
 from amp_hf.config import NORMS
+from amp_hf.micro_batch import METRIC_NAMES as METRIC_KEYS
 from amp_hf.search import EPSILON_RANGES, INNER_LRS, amp_search_space, best_amp_arguments
-from amp_hf.trainer import METRIC_KEYS
 
 AMP_KEYS = {"amp_inner_steps", "amp_norm", "amp_epsilon", "amp_inner_lr"}
 

@@ -30,7 +30,7 @@ from torch import nn
 from transformers import Trainer, TrainingArguments
 
 from amp_hf import AMPMixin, AMPTrainer
-from amp_hf.trainer import METRIC_KEYS
+from amp_hf.micro_batch import METRIC_NAMES as METRIC_KEYS
 
 
 def train(trainer_cls, model, tmp_path, dataset=None, **overrides):
