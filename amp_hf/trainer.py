@@ -300,6 +300,7 @@ class AMPMixin:
             window, self._amp.window = self._amp.window, type(self._amp.window)()
             reduce = lambda t: self.accelerator.reduce(t, reduction="sum")  # noqa: E731
             logs.update(window.metrics(self.args.device, reduce, self.accelerator.num_processes, logs["loss"]))
+            logs["amp_clean_loss"] = trainer_versions.as_logged(logs["amp_clean_loss"])  # `loss`'s precision
         super().log(logs, *args, **kwargs)
 
 

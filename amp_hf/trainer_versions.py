@@ -7,7 +7,8 @@ release does it, so `trainer.py` has no version test of its own. The facts were 
 - the item count (`Trainer._get_num_items_in_batch`): 5.x counts `shift_labels` when the batch has them, and
   `labels[..., 1:]` for a loss that shifts labels (a causal LM); 4.57 counts `labels` as they are;
 - the process factor of a count-normalised loss (`Trainer.compute_loss` with `average_tokens_across_devices`): 5.x
-  multiplies by the process count over the tensor-parallel size, 4.57 by the process count.
+  multiplies by the process count over the tensor-parallel size, 4.57 by the process count;
+- the logged `loss`: 4.57 rounds it to 4 decimals, 5.x does not; `amp_clean_loss` is rounded the same way.
 """
 
 from __future__ import annotations
@@ -21,6 +22,11 @@ from packaging.version import Version
 TRANSFORMERS_VERSION = Version(transformers.__version__)
 TRAINER_4X = TRANSFORMERS_VERSION.major < 5
 """transformers 4.x (4.57 is the oldest release supported): the Trainer of the last 4.x line."""
+
+
+def as_logged(loss: float) -> float:
+    """A loss value with the precision the Trainer logs `loss` with (4.x rounds it to 4 decimals)."""
+    return round(loss, 4) if TRAINER_4X else loss
 
 
 def counted_labels(trainer: Any, inputs: dict[str, Any]) -> Any:
