@@ -62,6 +62,7 @@ TESTS_457 := tests/test_trainer.py tests/test_trainer_loss.py tests/test_trainer
 TESTS_457 += tests/test_config.py tests/test_training_args.py tests/test_perturbation.py tests/test_batch.py
 TESTS_457 += tests/test_sharding.py tests/test_process_group.py tests/test_distributed.py
 TESTS_457 += tests/test_integrations.py tests/test_examples.py
+TESTS_457 += tests/test_loop_hooks.py tests/test_wrapped_models.py tests/test_announce.py tests/test_trainer_refusals.py
 TESTS_457 += tests/test_compare_recording.py tests/test_compare_inprocess.py  # compare reads what the Trainer writes
 
 test-457: install-457 data

@@ -6,7 +6,7 @@ training loops (Accelerate's `*_no_trainer.py` style) use `AMP` (`amp_hf/loop.py
 
 from .config import AMPConfig
 from .loop import AMP, add_amp_arguments
-from .perturbation import AscentResult, perturbed_weights, project_, save_buffers
+from .perturbation import AscentResult, perturbed_weights, save_buffers
 from .process_group import close_process_group
 from .selection import perturbed_parameter_names
 from .trainer import AMPMixin, AMPSeq2SeqTrainer, AMPTrainer
@@ -28,6 +28,5 @@ __all__ = [
     "close_process_group",
     "perturbed_parameter_names",
     "perturbed_weights",
-    "project_",
     "save_buffers",
 ]

@@ -82,14 +82,16 @@ class AMPConfig:
             return False
         return (global_step - self.start_step) % self.interval == 0
 
-    def is_excluded(self, parameter_name: str) -> bool:
-        return any(re.search(pattern, parameter_name) for pattern in self.exclude)
+    def is_excluded(self, *names: str) -> bool:
+        """Whether `amp_exclude` matches a parameter known by `names` (all its aliases, for tied weights)."""
+        return any(re.search(pattern, name) for pattern in self.exclude for name in names)
 
-    def selects(self, parameter_name: str) -> bool:
-        """Whether a trainable parameter of this name is perturbed: matched by `include` (if any), not by `exclude`."""
-        if self.include and not any(re.search(pattern, parameter_name) for pattern in self.include):
+    def selects(self, *names: str) -> bool:
+        """Whether a trainable parameter known by `names` (all its aliases: a tied tensor has several) is perturbed:
+        some alias matches `include` (if any), none matches `exclude`."""
+        if self.include and not any(re.search(pattern, name) for pattern in self.include for name in names):
             return False
-        return not self.is_excluded(parameter_name)
+        return not self.is_excluded(*names)
 
     @classmethod
     def from_args(cls, args: Any) -> AMPConfig:

@@ -136,20 +136,6 @@ def projection_factors(
     return factors, norms
 
 
-def project_(
-    deltas: list[torch.Tensor],
-    epsilon: float,
-    norm: str,
-    theta_norms: torch.Tensor | None = None,
-    group: dist.ProcessGroup | None = None,
-    scales: Sequence[torch.Tensor] | None = None,
-) -> torch.Tensor:
-    """Projects Δ in place onto the ball(s) of radius ε (see `projection_factors`); returns each tensor's norm after."""
-    factors, norms = projection_factors(deltas, epsilon, norm, theta_norms, group, scales)
-    torch._foreach_mul_(deltas, list(factors.unbind()))
-    return norms * factors
-
-
 def _set_weights_(
     params: Sequence[torch.Tensor],
     saved: Sequence[torch.Tensor],
@@ -175,6 +161,17 @@ def _restore_(params: Sequence[torch.Tensor], saved: Sequence[torch.Tensor], par
     with torch.no_grad():
         torch._foreach_copy_(list(params), list(saved))
     parts.written()
+
+
+def owned(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """`tensors`, each cloned unless it is known plain and owned: not a view, dense, and not listed twice."""
+    seen: set[int] = set()
+    result = []
+    for t in tensors:
+        plain = not t._is_view() and t.is_contiguous() and t.data_ptr() not in seen
+        seen.add(t.data_ptr())
+        result.append(t if plain else t.clone(memory_format=torch.contiguous_format))
+    return result
 
 
 def save_buffers(params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -258,8 +255,9 @@ def perturbed_weights(
             if step == 0:
                 result.clean_loss = loss.detach()
             with record_function("amp.step_and_project"):
-                # Δ ← Δ + ζ·g. The gradient tensors are fresh, so the first step reuses them as Δ's storage.
-                grads = local_shards(grads)
+                # Δ ← Δ + ζ·g. A gradient that is plain and owned is written in place (the first step reuses it as
+                # Δ's storage); autograd may return views (a stride-0 expanded gradient) or one tensor twice.
+                grads = owned(local_shards(grads))
                 if scales is not None:  # ASAM's step: ζ·T²⊙g
                     torch._foreach_mul_(grads, scales)
                     torch._foreach_mul_(grads, scales)

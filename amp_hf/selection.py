@@ -2,7 +2,9 @@
 
 Names are the model's own (`model.named_parameters()` of the unwrapped model), so patterns read the same however a
 run is launched. The name test is fixed for a model, so it is done once; `requires_grad` is not (gradual unfreezing
-recipes flip it during training), so it is read again on every step (`trainable`).
+recipes flip it during training), so it is read again on every step. A tied tensor is one tensor with several
+names: `amp_exclude` matching any of them excludes it, `amp_include` matching any includes it, and it is perturbed
+once.
 
     from amp_hf import perturbed_parameter_names
     perturbed_parameter_names(model, AMPTrainingArguments(..., amp_include=["norm"]))   # what AMP would perturb
@@ -23,14 +25,18 @@ def _config_of(settings: AMPConfig | Any) -> AMPConfig:
     return settings if isinstance(settings, AMPConfig) else AMPConfig.from_args(settings)
 
 
+def aliases(model: torch.nn.Module) -> list[tuple[list[str], torch.nn.Parameter]]:
+    """Every parameter tensor once, with all the names it is reachable by (GPT-2's `lm_head.weight` is
+    `transformer.wte.weight`): `named_parameters()` alone lists a tied tensor under its first name only."""
+    found: dict[int, tuple[list[str], torch.nn.Parameter]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        found.setdefault(id(p), ([], p))[0].append(name)
+    return list(found.values())
+
+
 def candidates(model: torch.nn.Module, config: AMPConfig) -> list[tuple[str, torch.nn.Parameter]]:
-    """(name, parameter) of every parameter whose name AMP selects, trainable now or not."""
-    return [(name, p) for name, p in model.named_parameters() if config.selects(name)]
-
-
-def trainable(selected: list[tuple[str, torch.nn.Parameter]]) -> list[torch.nn.Parameter]:
-    """The selected parameters that require a gradient now: the set one AMP step perturbs."""
-    return [p for _, p in selected if p.requires_grad]
+    """(first name, parameter) of every tensor AMP selects by its names (any alias), trainable now or not; once."""
+    return [(names[0], p) for names, p in aliases(model) if config.selects(*names)]
 
 
 def perturbed_parameter_names(model: torch.nn.Module, settings: AMPConfig | Any) -> list[str]:
@@ -80,7 +86,7 @@ class SelectionReport:
 
 def report(model: torch.nn.Module, settings: AMPConfig | Any) -> SelectionReport:
     config = _config_of(settings)
-    names = [name for name, _ in model.named_parameters()]
+    names = [name for tensor_names, _ in aliases(model) for name in tensor_names]
     trainable_all = [p for p in model.parameters() if p.requires_grad]
     perturbed = [p for _, p in candidates(model, config) if p.requires_grad]
     unmatched = {

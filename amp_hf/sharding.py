@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -83,11 +84,6 @@ def layout(params: Sequence[torch.Tensor]) -> Layout:
     return Layout(local_shards(sharded), mesh.get_group())
 
 
-def shard_group(params: Sequence[torch.Tensor]) -> dist.ProcessGroup | None:
-    """The process group every parameter is sharded over, or None when none is (see `layout` for what is refused)."""
-    return layout(params).group
-
-
 def local_shards(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """The local shard of each DTensor, as a view of its storage (writing it writes the parameter); others as is."""
     with torch.no_grad():
@@ -134,3 +130,15 @@ def _drop_gathered_copies(params: list[torch.Tensor]) -> None:
         )
     if gathered:
         gathered[0].partition(param_list=gathered)
+
+
+def fsdp_plugin_problem(accelerator: Any) -> str | None:
+    """Why accelerate's FSDP plugin is not what AMP supports (FSDP2 without CPU offload), or None when it is: FSDP1's
+    flat parameters hide the tensors, and offloaded shards and gradients are not verified."""
+    plugin = getattr(getattr(accelerator, "state", None), "fsdp_plugin", None)
+    version = getattr(plugin, "fsdp_version", 1)  # the Trainer reads a missing version as 1 too
+    if version != 2 or DTensor is None:
+        return f"FSDP version {version} (FSDP1's flat parameters hide the tensors; FSDP2, `fully_shard`, is supported)"
+    if type(getattr(plugin, "cpu_offload", None)).__name__ == "CPUOffloadPolicy":
+        return "FSDP2 with CPU offload (`cpu_offload` / `fsdp_offload_params`: offloaded shards are not verified)"
+    return None

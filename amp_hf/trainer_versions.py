@@ -1,6 +1,6 @@
 """Where the Hugging Face Trainer behaves differently in the supported transformers releases (4.57 and 5.x).
 
-AMP's glue mirrors three things the Trainer does around `compute_loss`; each is answered here the way the installed
+AMP's glue mirrors two things the Trainer does around `compute_loss`; each is answered here the way the installed
 release does it, so `trainer.py` has no version test of its own. The facts were read from the sources of transformers
 4.57.6 and 5.24.0 (the two releases CI runs: `make test` and `make test-457`):
 
@@ -8,8 +8,7 @@ release does it, so `trainer.py` has no version test of its own. The facts were 
   `labels[..., 1:]` for a loss that shifts labels (a causal LM); 4.57 counts `labels` as they are;
 - the process factor of a count-normalised loss (`Trainer.compute_loss` with `average_tokens_across_devices`): 5.x
   multiplies by the process count over the tensor-parallel size, 4.57 by the process count;
-- the logged `loss`: 4.57 rounds it to 4 decimals, 5.x does not. `amp_loss` is rounded the same way, so the two keys
-  of a log entry have the same precision and compare as the Trainer's numbers.
+- the logged `loss`: 4.57 rounds it to 4 decimals, 5.x does not; `amp_clean_loss` is rounded the same way.
 """
 
 from __future__ import annotations
@@ -24,8 +23,10 @@ TRANSFORMERS_VERSION = Version(transformers.__version__)
 TRAINER_4X = TRANSFORMERS_VERSION.major < 5
 """transformers 4.x (4.57 is the oldest release supported): the Trainer of the last 4.x line."""
 
-LOGGED_LOSS_DIGITS: int | None = 4 if TRAINER_4X else None
-"""Decimals the Trainer rounds the logged `loss` to (None: not rounded)."""
+
+def as_logged(loss: float) -> float:
+    """A loss value with the precision the Trainer logs `loss` with (4.x rounds it to 4 decimals)."""
+    return round(loss, 4) if TRAINER_4X else loss
 
 
 def counted_labels(trainer: Any, inputs: dict[str, Any]) -> Any:
@@ -54,8 +55,3 @@ def process_factor(trainer: Any) -> int:
         return max(1, trainer.accelerator.num_processes)
     tp_size = trainer.get_tp_size() if hasattr(trainer, "get_tp_size") else 1
     return max(1, trainer.accelerator.num_processes // tp_size)
-
-
-def as_logged(loss: float) -> float:
-    """A loss value with the precision the Trainer logs `loss` with."""
-    return loss if LOGGED_LOSS_DIGITS is None else round(loss, LOGGED_LOSS_DIGITS)

@@ -16,15 +16,26 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from .deepspeed_engine import engine_of
+
 try:  # public since torch 2.6; builds without distributed support have no FSDP2
     from torch.distributed.fsdp import FSDPModule
 except ImportError:  # pragma: no cover - depends on the torch build
     FSDPModule = None
 
 
-def without_ddp(model: torch.nn.Module) -> torch.nn.Module:
-    """The module inside a DDP wrapper: its forward runs no buffer broadcast and arms no gradient all-reduce."""
-    return model.module if isinstance(model, DistributedDataParallel) else model
+def unwrapped(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside any nesting of DDP, `torch.compile` and DeepSpeed wrappers (`compile(DDP(m))`, what
+    accelerate builds with a dynamo backend, and `DDP(compile(m))` alike): the module whose parameter names the
+    patterns match, whose FSDP2 root is recognised, and whose forward the ascent runs (no buffer broadcast, no armed
+    gradient all-reduce; uncompiled, so no recompilation per pass)."""
+    while True:
+        if isinstance(model, DistributedDataParallel) or engine_of(model) is not None:
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), torch.nn.Module):  # torch.compile's OptimizedModule
+            model = model._orig_mod
+        else:
+            return model
 
 
 def grad_scaler_scale(accelerator: Any) -> float | None:

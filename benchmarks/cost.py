@@ -227,7 +227,7 @@ def unprofiled_share(erm, amp, model, batch, steps: int) -> float:
     serves every run.
     """
     params = [p for _, p in amp.amp_parameters(model)]
-    saved = amp._amp_saved_buffers(params)
+    saved = amp._amp._theta.for_params(params)
     config = replace(amp.amp_config, inner_steps=1, inner_lr=1.0)
     stored = (torch.zeros(()), [torch.randn_like(p) * 1e-3 for p in params])
     passes, optimizer, arithmetic = [], [], []

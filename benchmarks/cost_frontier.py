@@ -7,8 +7,9 @@ PROTOCOL (fixed before the runs, December 2026; issue 25 point 4)
 - Model, optimizer, data, label noise, budgets: the frontier study's (the example's BatchNorm ResNet from scratch, SGD
   momentum 0.9, lr 0.05, wd 5e-4, batch 128, cosine; 20% of the training and validation labels replaced, test labels
   clean); AMP with the reference defaults (ε = 0.5 per tensor, ζ = 1, K = 1) otherwise untuned. BatchNorm running
-  statistics under a fraction: the policy that benchmarks/bn_policy.py's measurement on the check task chose first
-  (issue 26; branch i25-frontier; the decision and its numbers are in docs/cheap-amp.md).
+  statistics under a fraction: the policy that a measurement on the check task chose first (issue 26: the descent
+  pass's update, now the library's only policy; the measurement ran with a temporary switch that was not kept, its
+  runs are in records/cost_frontier.jsonl and its numbers in docs/cheap-amp.md).
 - Settings: f = 1/16 and f = 1/32 (16 and 32 times fewer ascent examples than the micro-batch: 8 and 4 of 128), and
   two late-phase settings after Zhou et al. (2024, "SAM efficiently selects flatter minima late in training": SAM
   only in the last 25 of 200 epochs nearly matched full SAM on CIFAR): full AMP in the last 12.5% of the steps, and
@@ -19,14 +20,14 @@ PROTOCOL (fixed before the runs, December 2026; issue 25 point 4)
   settings whose CPU time is <= 1.15x ERM's and which keep >= 80% of full AMP's validation cut (best-validation
   checkpoints), the lowest validation error. None qualifying: none is chosen (the report names the closest).
 - CHECK task cnn_fmnist_noisy_long (Fashion-MNIST 5k / 2k / 10k test, 40 epochs), seeds 0, 1, 2, which the choice
-  never looked at: ERM, full AMP, f = 1/8 (ERM and f = 1/8 are benchmarks/bn_policy.py's runs, the same settings and
-  code) and the chosen setting unchanged. Reported: test error of the best-validation checkpoint and of the final
+  never looked at: ERM, full AMP, f = 1/8 (ERM and f = 1/8 are the BatchNorm measurement's runs, the same settings and
+  policy) and the chosen setting unchanged. Reported: test error of the best-validation checkpoint and of the final
   weights, paired Δ vs ERM (mean ± std, seeds won), share of full AMP's cut (both), CPU time vs ERM.
 - Ship: if the chosen setting meets the goal on the check task (>= 80% of full AMP's best-validation test-error cut
   at <= 1.15x ERM's CPU time), it becomes cnn_long_noisy@2 (this study's recommended.json entry); a late-phase
   setting cannot (a preset has no start relative to the run's length), and then nothing ships. Else nothing ships.
 
-    python -m benchmarks.cost_frontier                 # 30-33 runs (6 shared with bn_policy), ~50 min on 2 cores
+    python -m benchmarks.cost_frontier                 # 30-33 runs (6 shared with the BatchNorm measurement), ~50 min on 2 cores
     python -m benchmarks.cost_frontier --cached-only   # the report from the recorded runs, training none
 
 Records in benchmarks/results/records/cost_frontier.jsonl. Writes benchmarks/results/cost_frontier.{json,md,png} and,

@@ -73,12 +73,12 @@ def precision_checks() -> None:
             report("fp16", None, not_run="no CUDA device: accelerate makes no GradScaler on CPU")
             continue
         trainer = train(precision)
-        logs = [e for e in trainer.state.log_history if "amp_loss" in e]
+        logs = [e for e in trainer.state.log_history if "amp_clean_loss" in e]
         scaler = getattr(trainer.accelerator, "scaler", None)
         delta = logs[0]["amp_delta_norm"] if logs else float("nan")
         ok = (
             len(logs) == 4
-            and all(torch.isfinite(torch.tensor([e["loss"], e["amp_loss"]])).all() for e in logs)
+            and all(torch.isfinite(torch.tensor([e["loss"], e["amp_clean_loss"]])).all() for e in logs)
             and abs(delta - first["amp_delta_norm"]) <= 0.05 * first["amp_delta_norm"]  # ascent not scaled
             and (name != "fp16" or scaler is not None)
         )
@@ -106,14 +106,14 @@ def deepspeed_fp16_check() -> None:
             name: train({"deepspeed": zero, **precision})
             for name, precision in (("fp32", {}), ("fp16", {"fp16": True}))
         }
-        logs = {name: [e for e in t.state.log_history if "amp_loss" in e] for name, t in runs.items()}
+        logs = {name: [e for e in t.state.log_history if "amp_clean_loss" in e] for name, t in runs.items()}
         engine = runs["fp16"].model_wrapped
         delta, reference = logs["fp16"][0]["amp_delta_norm"], logs["fp32"][0]["amp_delta_norm"]
         ok = (
             type(engine).__name__ == "DeepSpeedEngine"
             and engine.fp16_enabled()
             and len(logs["fp16"]) == 4
-            and all(torch.isfinite(torch.tensor([e["loss"], e["amp_loss"]])).all() for e in logs["fp16"])
+            and all(torch.isfinite(torch.tensor([e["loss"], e["amp_clean_loss"]])).all() for e in logs["fp16"])
             and abs(delta - reference) <= 0.05 * reference
         )
         report(f"deepspeed_zero{stage}_fp16", ok, first_delta_norm=delta, fp32_first_delta_norm=reference,

@@ -279,7 +279,8 @@ def train(spec: Spec) -> dict[str, Any]:
         "passes_per_step": passes_per_step(amp_kwargs, spec.method.start),
         "amp_skipped": sum(h.get("amp_skipped", 0) for h in history),
         "amp_delta_norm": [(h["epoch"], h["amp_delta_norm"]) for h in history if "amp_delta_norm" in h],
-        "logged_loss": [(h["epoch"], h["loss"]) for h in history if "loss" in h],
+        # the training loss at θ, as recorded before issue 26 (AMP's `loss` is now its descent's, at θ + Δ)
+        "logged_loss": [(h["epoch"], h.get("amp_clean_loss", h["loss"])) for h in history if "loss" in h],
         "curve": curves,
         "data": facts,
         **({"perturbed": perturbed} if perturbed else {}),

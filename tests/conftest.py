@@ -25,6 +25,22 @@ def _accelerate_environment_restored():
     os.environ.update(saved)
 
 
+@pytest.fixture
+def accelerator_of():
+    """Builds an `Accelerator` on CPU; accelerate's shared state is reset around each test (mixed precision differs)."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    def build(**kwargs) -> Accelerator:
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+        return Accelerator(cpu=True, **kwargs)
+
+    yield build
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
 def _in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 

@@ -10,7 +10,7 @@ Checks, in one launch (a process launch costs ~10 s of imports):
      that does not bind, the reference matches and the references whose ascent is scaled by 1/2 or 2 (the process
      factor left in, the window's count) do not;
   4. the ascent on half of each process's micro-batch (`amp_ascent_fraction`) matches the reference;
-  5. at θ + Δ == θ (ε = 1e-30) the logged `loss` and `amp_loss` equal the plain Trainer's `loss`, for a model that
+  5. at θ + Δ == θ (ε = 1e-30) the logged `loss` equals the plain Trainer's `loss`, for a model that
      honours `num_items_in_batch` and one that accepts it but averages itself (BERT's case: it logged half);
   6. a loss that overflows at θ + Δ: the micro-batch is trained at θ through the DDP wrapper (a second forward
      before the backward), the weights stay finite and equal the plain Trainer's, on every rank;
@@ -34,7 +34,7 @@ from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_
 from torch.nn.parallel import DistributedDataParallel
 from transformers import TrainerCallback
 
-from amp_hf import close_process_group
+from amp_hf import close_process_group, trainer_versions
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from edge_models import OverflowsOnRank, ReentrantCheckpointed
@@ -137,7 +137,7 @@ def main() -> None:
     tokens = DictDataset(n=64, ignored_every=3)
     amp_tok, _ = run(SequentialAMPTrainer, TokenNormalisedClassifier(), tokens, out, amp_epsilon=FREE_BALL)
     assert amp_tok.model_accepts_loss_kwargs and amp_tok.args.average_tokens_across_devices
-    assert amp_tok._amp_process_factor() == 2  # the factor the Trainer applied, which the ascent divides out
+    assert trainer_versions.process_factor(amp_tok) == 2  # the factor the Trainer applied, which the ascent divides out
     assert_only_the_right_scale_matches(
         amp_tok.model,
         lambda inner_lr: reference_amp(
@@ -162,7 +162,7 @@ def main() -> None:
         erm_at_theta, _ = run(SequentialTrainer, model_cls(), dataset, out)
         amp_logs = [e for e in amp_at_theta.state.log_history if "loss" in e]
         erm_loss = [e["loss"] for e in erm_at_theta.state.log_history if "loss" in e]
-        for key in ("loss", "amp_loss"):
+        for key in ("loss",):  # the Trainer's own number (amp_clean_loss, a mean of means: test_trainer_loss.py)
             got = [e[key] for e in amp_logs]
             assert all(abs(a - b) <= 1e-6 * abs(b) + 1e-7 for a, b in zip(got, erm_loss)), (
                 model_cls,
@@ -197,7 +197,7 @@ def main() -> None:
     ckpt, ckpt_counts = run(
         SequentialAMPTrainer, ReentrantCheckpointed(), data, out, amp_epsilon=0.05, ddp_find_unused_parameters=False
     )  # DDP must not look for unused parameters: they hide inside the reentrant checkpoint's segment
-    assert ckpt._amp_reentrant[1]
+    assert ckpt._amp._reentrant[1]
     assert ckpt_counts == erm_counts, (ckpt_counts, erm_counts)
     assert_close_to(ckpt.model, expected, "reentrant checkpointing under DDP")
     assert_ranks_identical(ckpt.model)

@@ -37,10 +37,9 @@ from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from edge_models import OverflowsWhenPushedSharded, RootScaledClassifier
-from helpers import DictDataset, SequentialAMPTrainer, TinyClassifier, reference_amp, tiny_args
+from helpers import DictDataset, SequentialAMPTrainer, TinyClassifier, reference_amp, shard_group, tiny_args
 
 from amp_hf import AMPConfig, close_process_group, perturbed_weights
-from amp_hf.sharding import shard_group
 
 STEPS, BATCH = 3, 4
 
@@ -162,7 +161,11 @@ def check_trainer(
     moved = max(float((got[n] - p.detach()).abs().max()) for n, p in erm.named_parameters())
     assert moved > 5 * atol, f"{what}: the weights of ERM (AMP moved them by {moved})"  # 5.3e-3 in the tensor case
 
-    logs = [(h["loss"], h["amp_loss"], h["amp_delta_norm"]) for h in trainer.state.log_history if "amp_loss" in h]
+    logs = [
+        (h["loss"], h["amp_clean_loss"], h["amp_delta_norm"])
+        for h in trainer.state.log_history
+        if "amp_clean_loss" in h
+    ]
     assert len(logs) == STEPS and all(d > 0 for _, _, d in logs), logs
     gathered: list = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, logs)

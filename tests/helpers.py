@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import datasets
 import torch
@@ -12,7 +13,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset, SequentialSampler
-from transformers import BertConfig, BertForSequenceClassification, Trainer
+from transformers import BertConfig, BertForSequenceClassification, GPT2Config, GPT2LMHeadModel, Trainer
 
 from amp_hf import AMPMixin, AMPTrainingArguments
 
@@ -145,6 +146,32 @@ def torchrun_two_processes(*script_and_args: str, timeout: int = 300, **env: str
     return subprocess.run(command, env=environment, capture_output=True, text=True, timeout=timeout)
 
 
+def steps_in_backward(model: nn.Module, lr: float = 0.1) -> dict[nn.Parameter, torch.optim.Optimizer]:
+    """PyTorch's recipe for fusing the optimizer step into backward: one SGD per parameter, stepped by a
+    post-accumulate-grad hook as soon as that parameter's gradient is ready."""
+    optimizers = {p: torch.optim.SGD([p], lr=lr) for p in model.parameters()}
+
+    def step(p: nn.Parameter) -> None:
+        optimizers[p].step()
+        optimizers[p].zero_grad()
+
+    for p in model.parameters():
+        p.register_post_accumulate_grad_hook(step)
+    return optimizers
+
+
+class StepsInBackward(torch.optim.Optimizer):
+    """An optimizer to hand the Trainer (`optimizers=(it, None)`) whose updates happen in backward
+    (`steps_in_backward`), as LOMO's do: its own `step` has nothing left to do."""
+
+    def __init__(self, model: nn.Module, lr: float = 0.1) -> None:
+        super().__init__(model.parameters(), {"lr": lr})
+        self.per_parameter = steps_in_backward(model, lr)
+
+    def step(self, closure=None) -> None:
+        return None
+
+
 def params_of(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 
@@ -236,6 +263,28 @@ def reference_amp(
     return model
 
 
+@contextlib.contextmanager
+def reference_perturbed(
+    params: Sequence[torch.Tensor], loss: Callable[[], torch.Tensor], epsilon: float
+) -> Iterator[None]:
+    """One AMP block in plain PyTorch (amp-spec.md, K = 1, ζ = 1, per-tensor ball): the weights are θ + Δ inside, with
+    Δ = ∇loss(θ) projected onto the ball of radius ε per tensor, and θ again after. For loops `reference_amp` does
+    not model (two models, an optimizer stepping inside the block): the test writes the same loop around this."""
+    params = list(params)
+    theta = [p.detach().clone() for p in params]
+    grads = torch.autograd.grad(loss(), params)
+    with torch.no_grad():
+        for p, t, g in zip(params, theta, grads):
+            norm = float(g.norm())
+            p.copy_(t + (g * (epsilon / (norm + 1e-12)) if norm > epsilon else g))
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for p, t in zip(params, theta):
+                p.copy_(t)
+
+
 def assert_params_close(a: nn.Module, b: nn.Module, names: Sequence[str] | None = None, atol: float = 2e-6) -> None:
     pa, pb = dict(a.named_parameters()), dict(b.named_parameters())
     for name in names or pa:
@@ -306,6 +355,16 @@ def tiny_bert(dropout: float = 0.0) -> BertForSequenceClassification:
     return BertForSequenceClassification(config)
 
 
+def tiny_gpt2() -> GPT2LMHeadModel:
+    """A one-layer GPT-2 without dropout; its `lm_head.weight` is `transformer.wte.weight` (tied embeddings)."""
+    torch.manual_seed(0)
+    config = GPT2Config(
+        vocab_size=50, n_positions=16, n_embd=16, n_layer=1, n_head=2, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        bos_token_id=0, eos_token_id=0,
+    )  # fmt: skip
+    return GPT2LMHeadModel(config)
+
+
 def text_data(n: int = 32, length: int = 12) -> datasets.Dataset:
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(1, 64, (n, length), generator=g)
@@ -326,3 +385,51 @@ def assert_close_to(model: nn.Module, expected: nn.Module, what: str) -> None:
     model = model.module if isinstance(model, DistributedDataParallel) else model
     for (name, a), (_, b) in zip(model.named_parameters(), expected.named_parameters()):
         torch.testing.assert_close(a, b, atol=2e-6, rtol=1e-5, msg=lambda m, n=name: f"{what}, {n}: {m}")
+
+
+def project_(deltas, epsilon, norm, theta_norms=None, group=None, scales=None) -> torch.Tensor:
+    """Projects Δ in place onto the ball(s) of radius ε (`perturbation.projection_factors`); returns each tensor's
+    norm after. Test-only: the library fuses the projection into θ + Δ."""
+    from amp_hf.perturbation import projection_factors
+
+    factors, norms = projection_factors(deltas, epsilon, norm, theta_norms, group, scales)
+    torch._foreach_mul_(deltas, list(factors.unbind()))
+    return norms * factors
+
+
+def shard_group(params):
+    """The process group every parameter is sharded over, or None (test-only; `sharding.layout` refuses the rest)."""
+    from amp_hf.sharding import layout
+
+    return layout(params).group
+
+
+def running_statistics(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: b.detach().clone() for name, b in model.named_buffers() if "running" in name or "tracked" in name}
+
+
+def statistics_under_each_policy(model: nn.Module, batch: dict, fraction: float, epsilon: float) -> dict[str, dict]:
+    """The running statistics after one AMP micro-batch (K = 1, per-tensor ball) under each policy, in plain PyTorch
+    on copies of `model`: "descent" (the library's: one update, by the descent's forward on the whole micro-batch at
+    θ + Δ) and "head" (the alternative: the clean pass's update, on the head at θ)."""
+    size = max(1, math.ceil(fraction * len(batch["labels"])))
+    head = {k: v[:size] for k, v in batch.items()}
+    descent = copy.deepcopy(model).train()
+    before = running_statistics(descent)
+    with reference_perturbed(list(descent.parameters()), lambda: descent(**head)["loss"], epsilon), torch.no_grad():
+        for name, b in descent.named_buffers():
+            if name in before:
+                b.copy_(before[name])  # the ascent's forward leaves no trace
+        descent(**batch)
+    at_head = copy.deepcopy(model).train()
+    with torch.no_grad():
+        at_head(**head)
+    return {"descent": running_statistics(descent), "head": running_statistics(at_head)}
+
+
+def assert_statistics_of_the_descent(model: nn.Module, policies: dict[str, dict]) -> None:
+    got = running_statistics(model)
+    for name, value in policies["descent"].items():
+        torch.testing.assert_close(got[name], value, msg=lambda m, n=name: f"{n}: {m}")
+    assert int(got["norm.num_batches_tracked"]) == 1  # one update per micro-batch
+    assert not torch.allclose(got["norm.running_mean"], policies["head"]["norm.running_mean"])  # the test can tell

@@ -24,7 +24,7 @@ TINY_VIT = "--vit_hidden_size 32 --vit_num_layers 1 --vit_num_heads 2 --per_devi
 
 
 def amp_logs(trainer) -> list[dict]:
-    return [e for e in trainer.state.log_history if "amp_loss" in e]
+    return [e for e in trainer.state.log_history if "amp_clean_loss" in e]
 
 
 def test_text_example_on_minilm_and_rotten_tomatoes(tmp_path):
@@ -102,7 +102,7 @@ def test_image_example_with_two_processes(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("RESULT ") == 1  # printed by rank 0 only
     state = json.loads((tmp_path / "trainer_state.json").read_text())
-    assert any("amp_loss" in e for e in state["log_history"])
+    assert any("amp_clean_loss" in e for e in state["log_history"])
     assert state["global_step"] == 2
 
 

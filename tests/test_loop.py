@@ -6,15 +6,12 @@ Two processes (DDP over gloo) and the no_trainer example on two processes: `loop
 from __future__ import annotations
 
 import argparse
-import copy
 import logging
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
-from accelerate import Accelerator
-from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import DistributedType
 from accelerate_loop import train_with_amp
 from helpers import (
@@ -22,8 +19,10 @@ from helpers import (
     OverflowsWhenPushed,
     TinyClassifier,
     assert_params_close,
+    assert_statistics_of_the_descent,
     params_of,
     reference_amp,
+    statistics_under_each_policy,
     tiny_args,
     torchrun_two_processes,
 )
@@ -33,20 +32,6 @@ from amp_hf import AMP, AMPConfig, add_amp_arguments
 from amp_hf.loop import SETTING_NAMES
 
 WORKER = Path(__file__).with_name("loop_worker.py")
-
-
-@pytest.fixture
-def accelerator_of():
-    """Builds an `Accelerator` on CPU; accelerate's shared state is reset around each test (mixed precision differs)."""
-
-    def build(**kwargs) -> Accelerator:
-        AcceleratorState._reset_state(True)
-        GradientState._reset_state()
-        return Accelerator(cpu=True, **kwargs)
-
-    yield build
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
 
 
 @pytest.mark.parametrize(("norm", "inner_steps", "step_inside"), [
@@ -134,18 +119,22 @@ def test_non_finite_ascent_leaves_the_weights_at_theta_and_says_so(caplog):
     assert "not finite" in caplog.text
 
 
-def test_batchnorm_statistics_updated_once_per_micro_batch():
+@pytest.mark.parametrize("fraction", [1.0, 0.5])
+def test_batchnorm_statistics_are_the_descents_whole_micro_batch_at_theta_plus_delta(fraction):
+    """The policy (running_stats.py): one update per micro-batch, by the block's own forward on the whole micro-batch
+    at θ + Δ, whatever the ascent passes (K = 2) and the fraction they see."""
     model = TinyClassifier(batchnorm=True)
-    plain = copy.deepcopy(model)
     data = DictDataset(n=8)
     batch = {"x": data.x, "labels": data.y}
-    amp = AMP(model, amp_epsilon=0.05, amp_inner_steps=2)
+    policies = statistics_under_each_policy(model, batch, fraction, epsilon=0.05)
+    amp = AMP(model, amp_epsilon=0.05, amp_ascent_fraction=fraction)
     with amp.perturbed(batch):
         model(**batch)["loss"].backward()
-    plain(**batch)  # one forward at θ in training mode: what plain training does to the statistics
-    for name, buffer in plain.norm.named_buffers():
-        assert torch.equal(getattr(model.norm, name), buffer), name
-    assert int(model.norm.num_batches_tracked) == 1
+    assert_statistics_of_the_descent(model, policies)
+    amp_k2 = AMP(twice := TinyClassifier(batchnorm=True), amp_epsilon=0.05, amp_inner_steps=2)
+    with amp_k2.perturbed(batch):
+        twice(**batch)
+    assert int(twice.norm.num_batches_tracked) == 1
 
 
 def test_fp16_grad_scaler_ascent_is_unscaled(accelerator_of):

@@ -2,8 +2,18 @@
 
 import pytest
 import torch
+from helpers import (
+    DictDataset,
+    SequentialAMPTrainer,
+    TinyClassifier,
+    assert_params_close,
+    project_,
+    reference_amp,
+    tiny_args,
+)
+from torch import nn
 
-from amp_hf import AMPConfig, perturbed_weights, project_, save_buffers
+from amp_hf import AMP, AMPConfig, perturbed_weights, save_buffers
 
 
 def quadratic_gradient(params, targets):
@@ -148,3 +158,60 @@ def test_disabled_config_or_no_parameters_never_calls_the_gradient():
         assert result.clean_loss is None
     with perturbed_weights([], fn, AMPConfig()):
         pass
+
+
+# ------------------------------------------------------------------ expanded (stride-0) gradients from autograd
+class ScaledBySum(TinyClassifier):
+    """Logits scaled by `s.sum()`: `torch.autograd.grad` returns s's gradient as an expanded scalar (stride 0), a view
+    in which every element is one memory location, so writing Δ into it in place is an error."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.s = nn.Parameter(torch.full((2,), 0.5))
+
+    def forward(self, x, labels=None):
+        logits = self.fc2(torch.tanh(self.fc1(x))) * self.s.sum()
+        return {"logits": logits, "loss": nn.functional.cross_entropy(logits, labels)}
+
+
+EXPANDED_CASES = {
+    "inner_lr 0.5": dict(inner_lr=0.5),
+    "two inner steps": dict(inner_steps=2),
+    "elementwise ball": dict(norm="elementwise"),
+}
+
+
+def test_the_model_gives_an_expanded_gradient():
+    model, data = ScaledBySum(), DictDataset(n=4)
+    (grad,) = torch.autograd.grad(model(x=data.x, labels=data.y)["loss"], [model.s])
+    assert grad.stride() == (0,)  # what the cases below depend on
+
+
+@pytest.mark.parametrize("case", list(EXPANDED_CASES))
+def test_expanded_gradient_in_a_loop_matches_the_reference(case):
+    settings = dict(epsilon=0.05, **EXPANDED_CASES[case])
+    model, data = ScaledBySum(), DictDataset(n=8)
+    expected = reference_amp(ScaledBySum(), data, steps=2, batch_size=4, **settings)  # out-of-place Δ arithmetic
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    amp = AMP(model, **{f"amp_{k}": v for k, v in settings.items()})
+    for i in range(2):
+        batch = {"x": data.x[4 * i : 4 * i + 4], "labels": data.y[4 * i : 4 * i + 4]}
+        with amp.perturbed(batch) as result:
+            model(**batch)["loss"].backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        assert float(result.delta_norm) > 0
+    assert_params_close(model, expected)
+
+
+@pytest.mark.parametrize("case", list(EXPANDED_CASES))
+def test_expanded_gradient_in_the_trainer_matches_the_reference(tmp_path, case):
+    settings = dict(epsilon=0.05, **EXPANDED_CASES[case])
+    data = DictDataset(n=8)
+    trainer = SequentialAMPTrainer(
+        model=ScaledBySum(),
+        args=tiny_args(tmp_path, max_steps=2, **{f"amp_{k}": v for k, v in settings.items()}),
+        train_dataset=data,
+    )
+    trainer.train()
+    assert_params_close(trainer.model, reference_amp(ScaledBySum(), data, steps=2, batch_size=4, **settings))

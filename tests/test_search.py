@@ -40,7 +40,7 @@ from amp_hf.search import (
     is_erm_baseline,
     objective_for,
 )
-from amp_hf.trainer import METRIC_KEYS
+from amp_hf.micro_batch import METRIC_NAMES as METRIC_KEYS
 
 AMP_KEYS = {"amp_inner_steps", "amp_norm", "amp_epsilon", "amp_inner_lr"}
 optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 
+import datasets
 import pytest
-from helpers import DictDataset, TinyClassifier, tiny_args
+import torch
+from helpers import DictDataset, TinyClassifier, tiny_args, tiny_gpt2
 from transformers import HfArgumentParser, ViTConfig, ViTForImageClassification
 
-from amp_hf import AMPConfig, AMPTrainer, AMPTrainingArguments, perturbed_parameter_names
+from amp_hf import AMP, AMPConfig, AMPTrainer, AMPTrainingArguments, perturbed_parameter_names
 from amp_hf.selection import report
 from amp_hf.trainer_versions import TRAINER_4X
 
@@ -89,3 +91,63 @@ def test_comma_joined_patterns_from_the_command_line_are_one_pattern_and_get_rep
 def test_wrong_pattern_types_are_a_value_error_naming_the_field(tmp_path, bad):
     with pytest.raises(ValueError, match="amp_exclude must be a list of regular expressions"):
         AMPTrainingArguments(output_dir=str(tmp_path), amp_exclude=bad)
+
+
+# ------------------------------------------------------------------------------------------------- tied weights
+TIED = "transformer.wte.weight"
+"""GPT-2's input embedding, which is also `lm_head.weight`; `named_parameters()` lists it under this name only."""
+
+
+def lm_batch() -> dict[str, torch.Tensor]:
+    ids = torch.randint(0, 50, (4, 10), generator=torch.Generator().manual_seed(0))
+    return {"input_ids": ids, "labels": ids}
+
+
+def test_a_pattern_naming_the_second_alias_of_a_tied_tensor_excludes_it(tmp_path, caplog):
+    model = tiny_gpt2()
+    assert model.lm_head.weight is model.get_parameter(TIED)
+    args = AMPTrainingArguments(output_dir=str(tmp_path), amp_exclude=["lm_head"])
+    names = perturbed_parameter_names(model, args)
+    assert TIED not in names and "lm_head.weight" not in names
+    assert len(names) == len(list(model.parameters())) - 1  # only the tied tensor is excluded
+    with caplog.at_level(logging.WARNING):
+        amp = AMP(model, amp_exclude=["lm_head"])
+    assert all(p is not model.lm_head.weight for _, p in amp.named_parameters())
+    assert "match no parameter" not in caplog.text
+
+
+def test_the_trainer_excludes_a_tied_tensor_through_its_alias(tmp_path, caplog):
+    batch = lm_batch()
+    data = datasets.Dataset.from_dict({k: v.tolist() for k, v in batch.items()})
+    args = tiny_args(tmp_path, max_steps=1, optim="adamw_torch", learning_rate=1e-3, amp_exclude=["lm_head"])
+    trainer = AMPTrainer(model=tiny_gpt2(), args=args, train_dataset=data)
+    assert TIED not in trainer.amp_parameter_names()
+    with caplog.at_level(logging.WARNING):
+        trainer.train()
+    assert "match no parameter" not in caplog.text
+
+
+def test_a_pattern_naming_the_second_alias_selects_the_tied_tensor_once_and_perturbs_it_once():
+    model = tiny_gpt2()
+    assert perturbed_parameter_names(model, AMPConfig(include=["lm_head"])) in (["lm_head.weight"], [TIED])
+    epsilon = 0.05
+    amp = AMP(model, amp_epsilon=epsilon, amp_include=["lm_head"])
+    (selected,) = amp.named_parameters()
+    assert selected[1] is model.lm_head.weight
+    theta = model.lm_head.weight.detach().clone()
+    batch = lm_batch()
+    with amp.perturbed(batch):
+        moved = float((model.lm_head.weight - theta).norm())
+        model(**batch).loss.backward()
+    assert 0 < moved <= epsilon * (1 + 1e-5)  # one Δ inside its ball, not two added on top of each other
+
+
+def test_a_tied_tensor_perturbed_with_everything_stays_in_its_ball():
+    model = tiny_gpt2()
+    epsilon = 0.05
+    amp = AMP(model, amp_epsilon=epsilon)
+    assert sum(p is model.lm_head.weight for _, p in amp.named_parameters()) == 1
+    theta = model.lm_head.weight.detach().clone()
+    with amp.perturbed(lm_batch()):
+        moved = float((model.lm_head.weight - theta).norm())
+    assert 0 < moved <= epsilon * (1 + 1e-5)

@@ -20,15 +20,17 @@ from helpers import (
     assert_params_close,
     assert_params_equal,
     assert_params_far,
+    assert_statistics_of_the_descent,
     params_of,
     reference_amp,
+    statistics_under_each_policy,
     tiny_args,
 )
 from torch import nn
 from transformers import Trainer, TrainingArguments
 
 from amp_hf import AMPMixin, AMPTrainer
-from amp_hf.trainer import METRIC_KEYS
+from amp_hf.micro_batch import METRIC_NAMES as METRIC_KEYS
 
 
 def train(trainer_cls, model, tmp_path, dataset=None, **overrides):
@@ -140,14 +142,15 @@ def test_count_ignoring_model_ascends_on_its_mean_loss(tmp_path):
 
 
 @pytest.mark.parametrize("model_cls", [TinyClassifier, TokenNormalisedClassifier])
-def test_logged_loss_is_the_clean_loss_on_the_trainer_scale(tmp_path, model_cls):
-    """On the first step both runs sit at the same θ: AMP's `loss` must equal the plain Trainer's."""
-    data = DictDataset(ignored_every=3)
+def test_logged_clean_loss_is_the_plain_trainers_loss_at_theta(tmp_path, model_cls):
+    """On the first step both runs sit at the same θ: AMP's `amp_clean_loss` equals the plain Trainer's `loss` (one
+    ignored label per micro-batch of 4: equal item counts), and `loss`, the descent's at θ + Δ, is higher."""
+    data = DictDataset(ignored_every=4)
     common = dict(gradient_accumulation_steps=2, max_steps=1)
     amp = train(SequentialAMPTrainer, model_cls(), tmp_path / "amp", data, **common)
     erm = train(SequentialTrainer, model_cls(), tmp_path / "erm", data, **common)
-    assert amp.state.log_history[0]["loss"] == pytest.approx(erm.state.log_history[0]["loss"], rel=1e-6)
-    assert amp.state.log_history[0]["amp_loss"] > amp.state.log_history[0]["loss"]
+    assert amp.state.log_history[0]["amp_clean_loss"] == pytest.approx(erm.state.log_history[0]["loss"], rel=1e-6)
+    assert amp.state.log_history[0]["loss"] > amp.state.log_history[0]["amp_clean_loss"]
 
 
 # --------------------------------------------------------------------------------------------- AMP off
@@ -164,7 +167,7 @@ def test_amp_off_is_the_plain_trainer_bit_for_bit(tmp_path, off):
     erm = train(Trainer, TinyClassifier(), tmp_path / "erm", gradient_accumulation_steps=2)
     assert_params_equal(amp.model, erm.model)
     assert len(calls) == 3 * 2  # one pass per micro-batch: no extra pass at all
-    assert not any("amp_loss" in e for e in amp.state.log_history)
+    assert not any("amp_clean_loss" in e for e in amp.state.log_history)
 
 
 def test_interval_and_start_step_choose_the_amp_steps(tmp_path):
@@ -190,12 +193,12 @@ def test_theta_is_saved_into_buffers_allocated_once_and_freed_after_training(tmp
     class Watching(AMPTrainer):
         def training_step(self, *args, **kwargs):
             loss = super().training_step(*args, **kwargs)
-            storage.append([b.data_ptr() for b in self._amp_saved.buffers])
+            storage.append([b.data_ptr() for b in self._amp._theta.buffers])
             return loss
 
     trainer = train(Watching, TinyClassifier(), tmp_path, max_steps=3)
     assert len(storage) == 3 and storage[0] == storage[1] == storage[2]
-    assert trainer._amp_saved is None  # released when train() returns
+    assert trainer._amp._theta.buffers is None  # released when train() returns
 
 
 # --------------------------------------------------------------------------------------- exact restore
@@ -276,11 +279,11 @@ def test_fp16_ascent_is_unscaled_and_overflow_is_skipped(tmp_path):
     torch.testing.assert_close(scaled_loss, loss)
     for g, sg in zip(grads, scaled_grads):
         torch.testing.assert_close(sg / 2.0**12, g)  # same Δ, hence the same descent gradient, times the scale
-    assert scaled._amp_window.perturbed == plain._amp_window.perturbed == 1
-    torch.testing.assert_close(scaled._amp_window.delta_sum, plain._amp_window.delta_sum)  # the same Δ
+    assert scaled._amp.window.perturbed == plain._amp.window.perturbed == 1
+    torch.testing.assert_close(scaled._amp.window.delta_sum, plain._amp.window.delta_sum)  # the same Δ
 
     overflow, _, _ = one_step(float("inf"))
-    assert overflow._amp_window.skipped == 1  # counted as skipped
+    assert overflow._amp.window.skipped == 1  # counted as skipped
     assert all(torch.isfinite(p).all() for p in overflow.model.parameters())
 
 
@@ -314,17 +317,15 @@ def test_fp16_grad_scaler_end_to_end(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- BatchNorm
-def test_batchnorm_running_stats_update_once_per_micro_batch(tmp_path):
+@pytest.mark.parametrize("fraction", [1.0, 0.5])
+def test_batchnorm_running_stats_are_the_descents_whole_micro_batch(tmp_path, fraction):
+    """One update per micro-batch, by the descent (`Trainer.training_step`'s forward) on the whole micro-batch at
+    θ + Δ; not the clean pass's on the head at θ (running_stats.py: the measured policy)."""
     data = DictDataset()
     model = TinyClassifier(batchnorm=True)
-    expected = TinyClassifier(batchnorm=True)
-    expected.train()
-    with torch.no_grad():
-        expected(x=data.x[:4])  # one clean forward at θ: the only update plain training makes on step 0
-    train(SequentialAMPTrainer, model, tmp_path, data, max_steps=1)
-    assert int(model.norm.num_batches_tracked) == 1
-    torch.testing.assert_close(model.norm.running_mean, expected.norm.running_mean)
-    torch.testing.assert_close(model.norm.running_var, expected.norm.running_var)
+    policies = statistics_under_each_policy(model, {"x": data.x[:4], "labels": data.y[:4]}, fraction, epsilon=0.5)
+    train(SequentialAMPTrainer, model, tmp_path, data, max_steps=1, amp_ascent_fraction=fraction)
+    assert_statistics_of_the_descent(model, policies)
 
 
 # -------------------------------------------------------------------------------- which tensors move
@@ -384,11 +385,11 @@ def test_logged_metrics_reach_log_history_and_callbacks(tmp_path):
     train_logs = [e for e in trainer.state.log_history if "loss" in e]
     assert len(train_logs) == 2
     for entry in train_logs:
-        assert {"loss", "amp_loss", "amp_delta_norm", "amp_skipped"} <= entry.keys()
+        assert {"loss", "amp_clean_loss", "amp_delta_norm", "amp_skipped"} <= entry.keys()
         assert entry["amp_skipped"] == 0
         assert 0 < entry["amp_delta_norm"] <= 0.5 * len(list(trainer.model.parameters())) ** 0.5
-        assert entry["amp_loss"] > entry["loss"]  # the ascent went uphill
-    assert any("amp_loss" in logs for logs in seen)
+        assert entry["loss"] > entry["amp_clean_loss"]  # the ascent went uphill
+    assert any("amp_clean_loss" in logs for logs in seen)
 
 
 # ----------------------------------------------------------------------------------- Trainer's loss path
@@ -409,8 +410,8 @@ def test_label_smoother_and_compute_loss_func_go_through_the_trainer_path(tmp_pa
         erm = SequentialTrainer(model=models[1], args=args_erm, train_dataset=data, **kwargs)
         amp.train()
         erm.train()
-        # the same loss function in the clean pass: same reported loss at the shared starting point
-        assert amp.state.log_history[0]["loss"] == pytest.approx(erm.state.log_history[0]["loss"], rel=1e-6)
+        # the same loss function in the clean pass: the clean loss is the plain loss at the shared starting point
+        assert amp.state.log_history[0]["amp_clean_loss"] == pytest.approx(erm.state.log_history[0]["loss"], rel=1e-6)
 
 
 def test_plain_training_arguments_use_the_defaults_and_say_so(tmp_path, caplog):
@@ -426,7 +427,7 @@ def test_plain_training_arguments_use_the_defaults_and_say_so(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="amp_hf.trainer"):
         trainer.train()
     assert sum("the reference defaults apply" in r.getMessage() for r in caplog.records) == 1  # once, not per train()
-    assert "amp_loss" in trainer.state.log_history[0]
+    assert "amp_clean_loss" in trainer.state.log_history[0]
 
 
 # --------------------------------------------------------------------------------- refused back-ends
@@ -582,6 +583,6 @@ def test_every_training_log_has_the_amp_keys(tmp_path):
     assert [e["amp_steps"] for e in logs] == [0, 0, 1, 0, 0, 1, 0]
     for e in logs:
         if e["amp_steps"] == 0:
-            assert e["amp_loss"] == e["loss"] and e["amp_delta_norm"] == 0.0 and e["amp_skipped"] == 0
+            assert e["amp_clean_loss"] == e["loss"] and e["amp_delta_norm"] == 0.0 and e["amp_skipped"] == 0
         else:
-            assert e["amp_loss"] > e["loss"] and e["amp_delta_norm"] > 0
+            assert e["loss"] > e["amp_clean_loss"] and e["amp_delta_norm"] > 0

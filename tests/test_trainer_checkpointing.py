@@ -26,6 +26,7 @@ from transformers import Trainer
 
 import amp_hf.trainer
 from amp_hf import AMPMixin, AMPTrainer, AMPTrainingArguments
+from amp_hf.micro_batch import MicroBatchAMP
 
 
 def test_reentrant_checkpoint_matches_the_reference_with_accumulation(tmp_path):
@@ -39,28 +40,27 @@ def test_reentrant_checkpoint_matches_the_reference_with_accumulation(tmp_path):
         train_dataset=data,
     )
     trainer.train()
-    assert trainer._amp_reentrant == (id(trainer.model), True)  # the checkpoint was found in the graph
+    assert trainer._amp._reentrant == (id(trainer.model), True)  # the checkpoint was found in the graph
     expected = reference_amp(TinyClassifier(), data, steps=3, batch_size=4, grad_accum=2, epsilon=0.05)
     assert_params_close(trainer.model, expected)
     erm = reference_amp(TinyClassifier(), data, steps=3, batch_size=4, grad_accum=2, epsilon=0.0)
     assert max((a - b).abs().max() for a, b in zip(expected.parameters(), erm.parameters())) > 1e-4  # AMP moved
 
 
-def test_ascent_under_reentrant_checkpointing_leaves_grad_untouched(tmp_path):
+def test_ascent_under_reentrant_checkpointing_leaves_grad_untouched(tmp_path, monkeypatch):
     """The second micro-batch's ascent: `.grad` holds the same tensors with the same values before and after."""
     seen = []
+    gradient = MicroBatchAMP.gradient
 
-    class Spy(SequentialAMPTrainer):
-        def _amp_ascent_gradient(self, model, *args, **kwargs):
-            before = [(p.grad, None if p.grad is None else p.grad.clone()) for p in model.parameters()]
-            result = super()._amp_ascent_gradient(model, *args, **kwargs)
-            kept = all(
-                p.grad is g and (g is None or torch.equal(g, v)) for p, (g, v) in zip(model.parameters(), before)
-            )
-            seen.append((kept, any(g is not None for g, _ in before)))
-            return result
+    def spy(self, model, *args, **kwargs):
+        before = [(p.grad, None if p.grad is None else p.grad.clone()) for p in model.parameters()]
+        result = gradient(self, model, *args, **kwargs)
+        kept = all(p.grad is g and (g is None or torch.equal(g, v)) for p, (g, v) in zip(model.parameters(), before))
+        seen.append((kept, any(g is not None for g, _ in before)))
+        return result
 
-    trainer = Spy(
+    monkeypatch.setattr(MicroBatchAMP, "gradient", spy)
+    trainer = SequentialAMPTrainer(
         model=ReentrantCheckpointed(),
         args=tiny_args(tmp_path, max_steps=1, gradient_accumulation_steps=2),
         train_dataset=DictDataset(),
@@ -84,8 +84,8 @@ def test_trainer_gradient_checkpointing_with_use_reentrant_gives_the_same_update
 
     plain = trained()
     checkpointed = trained(gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": True})
-    assert checkpointed.model.is_gradient_checkpointing and checkpointed._amp_reentrant[1]
-    assert not plain._amp_reentrant[1]
+    assert checkpointed.model.is_gradient_checkpointing and checkpointed._amp._reentrant[1]
+    assert not plain._amp._reentrant[1]
     assert [e["amp_skipped"] for e in checkpointed.state.log_history if "loss" in e] == [0, 0]
     for (name, a), (_, b) in zip(plain.model.named_parameters(), checkpointed.model.named_parameters()):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=name)
@@ -118,12 +118,13 @@ def test_reentrant_checkpointing_under_deepspeed_is_refused_at_construction(tmp_
 
 def test_reentrant_checkpoint_found_under_deepspeed_is_refused_at_the_first_ascent(tmp_path, monkeypatch):
     """Checkpointing turned on by the model itself (not the arguments): refused when the ascent finds the segment,
-    before any backward. The engine is a stand-in: what `_amp_ascent_gradient` asks of it is an fp32 engine's."""
+    before any backward. The engine is a stand-in: what the ascent asks of it is an fp32 engine's."""
     trainer = AMPTrainer(model=ReentrantCheckpointed(), args=tiny_args(tmp_path), train_dataset=DictDataset())
-    engine = SimpleNamespace(fp16_enabled=lambda: False)
+    engine = SimpleNamespace(fp16_enabled=lambda: False, module=trainer.model)
     monkeypatch.setattr(amp_hf.trainer.deepspeed_engine, "engine_of", lambda model: engine)
     params = list(trainer.model.parameters())
     batch = {"x": torch.randn(4, 6), "labels": torch.tensor([0, 1, 2, 0])}
+    trainer.current_gradient_accumulation_steps = 1  # set by train(); here one step is called by hand
     with pytest.raises(ValueError, match="use_reentrant"):
-        trainer._amp_ascent_gradient(trainer.model, batch, batch, params, None)
+        trainer.training_step(trainer.model, batch)
     assert all(p.grad is None for p in params)  # refused before any backward

@@ -31,7 +31,7 @@ def test_resume_from_checkpoint_equals_an_uninterrupted_run(tmp_path):
 
     for (name, a), (_, b) in zip(full.model.named_parameters(), resumed.model.named_parameters()):
         assert torch.equal(a, b), name
-    assert any("amp_loss" in e for e in resumed.state.log_history if e["step"] > 3)
+    assert any("amp_clean_loss" in e for e in resumed.state.log_history if e["step"] > 3)
 
 
 def test_amp_off_equals_plain_trainer_with_dropout(tmp_path):
@@ -68,11 +68,13 @@ def test_bf16_autocast_training(tmp_path):
     amp_bf16 = run(AMPTrainer, "amp_bf16", bf16=True, amp_epsilon=FREE_BALL)
     amp_fp32 = run(AMPTrainer, "amp_fp32", amp_epsilon=FREE_BALL)
     erm_bf16, erm_fp32 = run(Trainer, "erm_bf16", bf16=True), run(Trainer, "erm_fp32")
-    logs = [e for e in amp_bf16.state.log_history if "amp_loss" in e]
+    logs = [e for e in amp_bf16.state.log_history if "amp_clean_loss" in e]
     assert len(logs) == 3 and all(e["amp_skipped"] == 0 for e in logs)
     assert all(p.dtype == torch.float32 for p in amp_bf16.model.parameters())  # autocast, weights stay fp32
-    assert logs[0]["loss"] == pytest.approx(erm_bf16.state.log_history[0]["loss"], rel=1e-6)  # θ₀, same autocast
-    fp32_norms = [e["amp_delta_norm"] for e in amp_fp32.state.log_history if "amp_loss" in e]
+    assert logs[0]["amp_clean_loss"] == pytest.approx(
+        erm_bf16.state.log_history[0]["loss"], rel=1e-6
+    )  # θ₀, same autocast
+    fp32_norms = [e["amp_delta_norm"] for e in amp_fp32.state.log_history if "amp_clean_loss" in e]
     assert [e["amp_delta_norm"] for e in logs] == pytest.approx(fp32_norms, rel=1e-2)  # Δ = ζ·g: the same scale
     amp_gap = params_distance(amp_fp32.model, erm_fp32.model)
     assert params_distance(amp_bf16.model, erm_bf16.model) > 0.5 * amp_gap
@@ -111,7 +113,7 @@ def test_seq2seq_trainer_through_the_mixin(tmp_path):
     args = AMPSeq2SeqTrainingArguments(tmp_path / "a", **COMMON, max_steps=3, amp_norm="global", amp_epsilon=0.1)
     trainer = Spy(model=seq2seq_model(), args=args, train_dataset=data)
     trainer.train()
-    logs = [e for e in trainer.state.log_history if "amp_loss" in e]
+    logs = [e for e in trainer.state.log_history if "amp_clean_loss" in e]
     assert len(logs) == 3
     assert all(e["amp_delta_norm"] == pytest.approx(0.1, rel=1e-4) for e in logs)  # the global ball binds
 

@@ -22,12 +22,15 @@ from helpers import (
     TokenNormalisedClassifier,
     assert_only_the_right_scale_matches,
     reference_amp,
+    reference_perturbed,
     text_data,
     tiny_args,
     tiny_bert,
+    tiny_gpt2,
 )
 from torch import nn
 
+from amp_hf import AMP
 from amp_hf.trainer_versions import TRAINER_4X
 
 TINY_BALL = 1e-30  # θ + Δ == θ in float32: both runs see the same weights at every step
@@ -90,6 +93,10 @@ CASES = {
 }  # fmt: skip
 
 
+MEAN_SCALED = ("mean model", "token-normalised model", "custom compute_loss")
+"""The cases whose logged `loss` is the mean over the window's micro-batches of their mean losses."""
+
+
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("grad_accum", [1, 2])
 def test_logged_loss_equals_the_plain_trainers(tmp_path, case, grad_accum):
@@ -106,8 +113,11 @@ def test_logged_loss_equals_the_plain_trainers(tmp_path, case, grad_accum):
     assert all(torch.isfinite(torch.tensor(logged(amp))))
     amp_logs = [e for e in amp.state.log_history if "loss" in e]
     assert sum(e["amp_skipped"] for e in amp_logs) == 0  # an empty micro-batch is not an ascent failure
-    # amp_loss is on the same scale: at θ + Δ == θ it is the loss itself
-    assert [e["amp_loss"] for e in amp_logs] == pytest.approx(logged(erm), rel=1e-6, abs=1e-7)
+    # amp_clean_loss is the mean over the window's micro-batches of each one's mean loss at θ: the Trainer's number
+    # too where the Trainer's is that mean (no micro-batch without items; with accumulation, a loss normalised by the
+    # count or a model the Trainer divides by the accumulation steps; a mean loss taking loss kwargs is summed)
+    if case in MEAN_SCALED or (grad_accum == 1 and data_fn is DictDataset):
+        assert [e["amp_clean_loss"] for e in amp_logs] == pytest.approx(logged(erm), rel=1e-6, abs=1e-7)
 
 
 def test_label_smoother_logged_loss_equals_the_plain_trainers(tmp_path):
@@ -137,7 +147,9 @@ def test_bert_with_accumulation_logs_the_trainers_loss(tmp_path):
     assert amp.model_accepts_loss_kwargs == (not TRAINER_4X)
     assert logged(amp) == pytest.approx(logged(erm), rel=1e-5)
     amp_logs = [e for e in amp.state.log_history if "loss" in e]
-    assert [e["amp_loss"] for e in amp_logs] == pytest.approx(logged(erm), rel=1e-5)
+    # the mean loss; the Trainer sums a model's mean over the window when the model takes loss kwargs (5.x)
+    summed = 2 if amp.model_accepts_loss_kwargs else 1
+    assert [summed * e["amp_clean_loss"] for e in amp_logs] == pytest.approx(logged(erm), rel=1e-5)
 
 
 def test_compute_loss_func_over_the_count_trains_with_the_micro_batch_mean_ascent(tmp_path):
@@ -162,8 +174,9 @@ def test_compute_loss_func_over_the_count_trains_with_the_micro_batch_mean_ascen
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_first_logged_loss_is_the_clean_loss_with_a_real_ball(tmp_path, case):
-    """With a ball that moves the weights, the first step still sits at the shared θ₀: `loss` is the clean loss there,
-    whatever computes it (a custom `compute_loss` that never calls the Trainer's included), and `amp_loss` is higher."""
+    """With a ball that moves the weights, the first step still sits at the shared θ₀: `amp_clean_loss` is the plain
+    Trainer's loss there (where the micro-batches weigh the same), whatever computes it (a custom `compute_loss` that
+    never calls the Trainer's included), and `loss`, the descent's at θ₀ + Δ, is higher."""
     model_cls, kwargs, amp_cls, erm_cls, data_fn = CASES[case]
     common = dict(gradient_accumulation_steps=2, max_steps=1, logging_steps=1)
     amp = amp_cls(
@@ -173,8 +186,9 @@ def test_first_logged_loss_is_the_clean_loss_with_a_real_ball(tmp_path, case):
     amp.train()
     erm.train()
     first = next(e for e in amp.state.log_history if "loss" in e)
-    assert first["loss"] == pytest.approx(logged(erm)[0], rel=1e-6)
-    assert first["amp_loss"] > first["loss"] and first["amp_skipped"] == 0
+    if case in MEAN_SCALED:
+        assert first["amp_clean_loss"] == pytest.approx(logged(erm)[0], rel=1e-6)
+    assert first["loss"] > first["amp_clean_loss"] and first["amp_skipped"] == 0
 
 
 def test_ascent_fraction_with_compute_loss_func_over_the_count(tmp_path):
@@ -201,24 +215,6 @@ def test_causal_lm_with_an_unlabelled_micro_batch_logs_the_trainers_loss(tmp_pat
     """A tiny GPT-2 (its loss shifts labels and honours num_items_in_batch), completion-only labels, and one
     micro-batch of an accumulation window with no labelled token: it used to be 'skipped' and to double the log."""
     import datasets
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    def gpt2() -> GPT2LMHeadModel:
-        torch.manual_seed(0)
-        return GPT2LMHeadModel(
-            GPT2Config(
-                vocab_size=50,
-                n_positions=16,
-                n_embd=16,
-                n_layer=1,
-                n_head=2,
-                resid_pdrop=0.0,
-                embd_pdrop=0.0,
-                attn_pdrop=0.0,
-                bos_token_id=0,
-                eos_token_id=0,
-            )
-        )
 
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, 50, (16, 10), generator=g)
@@ -228,11 +224,68 @@ def test_causal_lm_with_an_unlabelled_micro_batch_logs_the_trainers_loss(tmp_pat
     data = datasets.Dataset.from_dict({"input_ids": ids.tolist(), "labels": labels.tolist()})
     common = dict(gradient_accumulation_steps=2, max_steps=2, optim="adamw_torch", learning_rate=1e-3)
     amp = SequentialAMPTrainer(
-        model=gpt2(), args=tiny_args(tmp_path / "a", amp_epsilon=TINY_BALL, **common), train_dataset=data
+        model=tiny_gpt2(), args=tiny_args(tmp_path / "a", amp_epsilon=TINY_BALL, **common), train_dataset=data
     )
-    erm = SequentialTrainer(model=gpt2(), args=tiny_args(tmp_path / "e", **common), train_dataset=data)
+    erm = SequentialTrainer(model=tiny_gpt2(), args=tiny_args(tmp_path / "e", **common), train_dataset=data)
     amp.train()
     erm.train()
     assert amp.model_accepts_loss_kwargs
     assert logged(amp) == pytest.approx(logged(erm), rel=1e-5)
     assert sum(e["amp_skipped"] for e in amp.state.log_history if "loss" in e) == 0
+
+
+# ------------------------------------------------------------------ the logged loss and the amp_* metric names
+METRIC_NAMES = {"amp_clean_loss", "amp_delta_norm", "amp_skipped", "amp_steps"}
+"""One vocabulary for both APIs: `amp_clean_loss` is the loss at θ; `loss` stays the Trainer's own number."""
+
+
+def float_count_loss_func(outputs, labels, num_items_in_batch=None):
+    """Divides by the count as a Python number: no gradient reaches the count through it."""
+    total = nn.functional.cross_entropy(outputs["logits"], labels, ignore_index=-100, reduction="sum")
+    return total / float(num_items_in_batch)
+
+
+def test_logged_loss_with_the_count_used_as_a_number_is_the_plain_trainers(tmp_path):
+    """The issue's case: with accumulation 2 the Trainer logged 3.63 and AMPTrainer 7.26. AMP is on (ε = 1e-8), so
+    θ + Δ is within float precision of θ and both runs must log the same `loss`."""
+    common = dict(gradient_accumulation_steps=2, max_steps=4, logging_steps=1)
+    # one ignored label per micro-batch of 4: equal counts, so the mean of the micro-batch means is the Trainer's loss
+    kwargs = dict(train_dataset=DictDataset(ignored_every=4), compute_loss_func=float_count_loss_func)
+    amp = SequentialAMPTrainer(
+        model=TinyClassifier(), args=tiny_args(tmp_path / "a", amp_epsilon=1e-8, **common), **kwargs
+    )
+    erm = SequentialTrainer(model=TinyClassifier(), args=tiny_args(tmp_path / "e", **common), **kwargs)
+    amp.train()
+    erm.train()
+    assert logged(amp) == pytest.approx(logged(erm), rel=1e-4)
+    amp_logs = [e for e in amp.state.log_history if "loss" in e]
+    assert all(set(e) >= METRIC_NAMES and "amp_loss" not in e for e in amp_logs), amp_logs[0]
+    assert [e["amp_clean_loss"] for e in amp_logs] == pytest.approx(logged(erm), rel=1e-4)
+
+
+def test_loss_is_the_descent_pass_and_amp_clean_loss_the_loss_at_theta(tmp_path):
+    """With a ball that moves the weights, at the shared θ₀ of the first step: `loss` is the Trainer's number for
+    its own (descent) pass, at θ₀ + Δ, computed here in plain PyTorch; `amp_clean_loss` is the plain Trainer's loss."""
+    data = DictDataset()
+    amp = SequentialAMPTrainer(model=TinyClassifier(), args=tiny_args(tmp_path / "a", max_steps=1), train_dataset=data)
+    erm = SequentialTrainer(model=TinyClassifier(), args=tiny_args(tmp_path / "e", max_steps=1), train_dataset=data)
+    amp.train()
+    erm.train()
+    first = next(e for e in amp.state.log_history if "loss" in e)
+    reference, batch = TinyClassifier(), {"x": data.x[:4], "labels": data.y[:4]}
+    with reference_perturbed(list(reference.parameters()), lambda: reference(**batch)["loss"], epsilon=0.5):
+        at_theta_plus_delta = float(reference(**batch)["loss"])
+    assert first["loss"] == pytest.approx(at_theta_plus_delta, rel=1e-4)  # transformers 4.x rounds logs to 4 digits
+    assert first["amp_clean_loss"] == pytest.approx(logged(erm)[0], rel=1e-4)
+    assert first["loss"] > first["amp_clean_loss"] and "amp_loss" not in first
+
+
+def test_the_loop_reports_the_same_metric_names():
+    model, data = TinyClassifier(), DictDataset(n=4)
+    batch = {"x": data.x, "labels": data.y}
+    amp = AMP(model, amp_epsilon=0.05)
+    with amp.perturbed(batch):
+        model(**batch)["loss"].backward()
+    metrics = amp.metrics()
+    assert set(metrics) == METRIC_NAMES
+    assert metrics["amp_clean_loss"] == pytest.approx(float(TinyClassifier()(**batch)["loss"]))  # the loss at θ

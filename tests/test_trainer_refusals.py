@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import pytest
+import torch
 from accelerate.parallelism_config import ParallelismConfig
-from helpers import DictDataset, TinyClassifier, tiny_args
+from helpers import DictDataset, StepsInBackward, TinyClassifier, params_of, tiny_args
 from transformers import Trainer
 
 from amp_hf import AMPMixin, AMPTrainer, AMPTrainingArguments
@@ -96,3 +97,20 @@ def test_a_feature_turned_on_after_construction_is_refused_before_training(tmp_p
     with pytest.raises(ValueError, match="past_index=1"):
         trainer.train()
     assert trainer.state.global_step == 0
+
+
+def test_a_user_optimizer_that_steps_in_backward_is_refused_before_it_steps(tmp_path):
+    """Not only the named `optim` values: an optimizer handed in that updates the weights in backward would step at
+    θ + Δ, and the restore of θ would undo the step (training silently does nothing)."""
+    model = TinyClassifier()
+    theta = params_of(model)
+    optimizers = (StepsInBackward(model), None)
+    args = tiny_args(tmp_path / "amp")
+    trainer = AMPTrainer(model=model, args=args, train_dataset=DictDataset(), optimizers=optimizers)
+    with pytest.raises((RuntimeError, ValueError), match=r"(?i)backward"):
+        trainer.train()
+    assert all(torch.equal(p, theta[n]) for n, p in model.named_parameters()), "weights moved or left perturbed"
+    plain = TinyClassifier()  # AMP off: the plain Trainer's business, and the optimizer does train
+    args = tiny_args(tmp_path / "plain", amp_epsilon=0.0)
+    AMPTrainer(model=plain, args=args, train_dataset=DictDataset(), optimizers=(StepsInBackward(plain), None)).train()
+    assert not torch.equal(plain.fc1.weight, theta["fc1.weight"])

@@ -1,0 +1,365 @@
+"""One AMP micro-batch, whatever drives it: everything around the paper's box (`perturbation.perturbed_weights`).
+
+AMPTrainer (`trainer.py`) and the custom-loop API (`loop.py`) each own one `MicroBatchAMP` and supply only the
+micro-batch's mean loss at the current weights, the model and the optimizer step they are at. Here, once: the gradient
+at the current weights (`gradient`: fp16 scale in and out; autograd, a real backward for FSDP2 and reentrant
+checkpoints, ZeRO-3's partitions; None → zeros); FSDP2's preparation (`prepare`); the running statistics
+(`running_stats.updated_by_the_descent`); skip decisions over the world and the descent's fallback (`fall_back`);
+θ's buffers; what is perturbed (`parameters`, `announce`, `defaults_warning`); the metrics window (`METRIC_NAMES`);
+and the optimizer-step hooks, one global pair per owner acting only inside its block on optimizers holding its
+perturbed parameters (`_before_step`).
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+
+from . import selection
+from .config import AMPConfig
+from .deepspeed_engine import zero3_gradient
+from .perturbation import AscentResult, ThetaBuffers, perturbed_weights
+from .running_stats import updated_by_the_descent
+from .sharding import is_partitioned, is_sharded, layout
+from .wrapped_models import (
+    gradient_by_backward,
+    has_reentrant_checkpoint,
+    is_fsdp2,
+    reshard,
+    unwrapped,
+    world_if_distributed,
+)
+
+logger = logging.getLogger(__name__)
+
+METRIC_NAMES = ("amp_clean_loss", "amp_delta_norm", "amp_skipped", "amp_steps")
+"""What both APIs add to a training log (`AMPTrainer.log`, `AMP.metrics`); docs/arguments.md says what each means."""
+
+REENTRANT_UNDER_DEEPSPEED = (
+    "AMPTrainer under DeepSpeed does not support reentrant gradient checkpointing (gradient_checkpointing_kwargs "
+    "{'use_reentrant': True}, the default of transformers 4.x): a reentrant checkpoint refuses "
+    "torch.autograd.grad, so the ascent gradient could only be taken by a real backward, which would feed the "
+    "engine's gradient buffers. Set gradient_checkpointing_kwargs={'use_reentrant': False}, or set "
+    "amp_inner_steps=0 / amp_epsilon=0 for plain training."
+)
+STEP_IN_BACKWARD = (
+    "AMP: an optimizer stepped inside backward (a post-accumulate-grad hook, LOMO, a fused per-parameter step). "
+    "Under AMP that step would be taken at the perturbed weights θ + Δ, in the middle of autograd, and the restore of "
+    "θ would undo it. Step after backward (optimizer.step() once backward has returned), or set amp_inner_steps=0 / "
+    "amp_epsilon=0 for plain training."
+)
+CLOSURE_STEP = (
+    "AMP: optimizer.step(closure) inside an AMP block. The closure re-evaluates the loss inside the step, after θ "
+    "was put back, so it would train plain ERM. Compute the loss and call backward in the block, then call "
+    "optimizer.step() without a closure."
+)
+PRESET_ADVICE = (
+    "amp_preset='finetune' (AMP off: fine-tuning a pretrained model), 'text_finetune' (a small ball for text "
+    "fine-tuning) or 'vit_from_scratch' (a vision transformer trained from scratch with AdamW); amp_hf.presets lists "
+    "them"
+)
+
+
+class MicroBatchAMP:
+    """The state one owner (a trainer, an `AMP` object) keeps between its AMP micro-batches (see the module)."""
+
+    def __init__(self, config: AMPConfig) -> None:
+        self.config = config
+        self.window = MetricsWindow()
+        self.skipped = 0
+        """Micro-batches trained at θ because a loss or gradient was not finite (the ascent's, or the descent's)."""
+        self._theta = ThetaBuffers()
+        self._reentrant: tuple[int, bool] | None = None
+        self._candidates: tuple[int, list[tuple[str, torch.nn.Parameter]]] | None = None
+        self._block: _Block | None = None
+        self._hooked = False
+        self._perturbed_ids: frozenset[int] = frozenset()
+        self.first_step: Callable[[torch.optim.Optimizer], None] | None = None
+        """Called once, at the first step of an optimizer that holds the perturbed parameters (the loop's warning)."""
+
+    def parameters(self, model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
+        """(name, parameter) of every tensor AMP perturbs now: selected by the model's own names (cached per model
+        as passed; unwrapping costs ~0.1 ms, as much as the glue), trainable (read every call: unfreezing recipes)."""
+        if self._candidates is None or self._candidates[0] != id(model):
+            self._candidates = (id(model), selection.candidates(unwrapped(model), self.config))
+        return [(name, p) for name, p in self._candidates[1] if p.requires_grad]
+
+    def release(self) -> None:
+        """Frees θ's buffers (the end of training)."""
+        self._theta = ThetaBuffers()
+
+    # ------------------------------------------------------------------------------------- the gradient at θ (+ Δ)
+    def gradient(
+        self,
+        module: torch.nn.Module,
+        mean_loss: Callable[[], torch.Tensor],
+        params: Sequence[torch.Tensor],
+        scale: float | None,
+        trainable: list[torch.Tensor] | None = None,
+        engine: Any = None,
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(mean loss, its gradient per parameter) at the current weights; `.grad` is left as it was.
+
+        `scale`: the fp16 loss scale (GradScaler's or DeepSpeed's), multiplied in and divided out (an overflow stays
+        inf and is caught as non-finite). `trainable`: under FSDP2, every trainable shard, listed before the forward.
+        `engine`: the DeepSpeed engine, for ZeRO-3's partitioned gradients.
+        """
+        torch.clear_autocast_cache()  # an autocast region around the block caches copies of the weights before Δ
+        loss = mean_loss()
+        if loss.dim() > 0:  # nn.DataParallel, a loss_fn returning per-example losses
+            loss = loss.mean()
+        scaled = loss if scale is None else loss * scale
+        params = list(params)
+        if trainable is not None:  # FSDP2: the gradient reaches the shards only through the reduce-scatter
+            grads = gradient_by_backward(trainable, scaled, params)
+        elif self._has_reentrant_checkpoint(module, scaled):  # its backward refuses torch.autograd.grad
+            if engine is not None:
+                raise ValueError(REENTRANT_UNDER_DEEPSPEED)
+            grads = gradient_by_backward([p for p in module.parameters() if p.requires_grad], scaled, params)
+        elif any(is_partitioned(p) for p in params):
+            grads = zero3_gradient(engine, scaled, params)
+        else:
+            if any(is_sharded(p) for p in params):
+                raise ValueError(
+                    "AMP found DTensor parameters in a model that is not an FSDP2 module (tensor parallelism?); "
+                    "only FSDP2 (`fully_shard`) sharding is supported. Use FSDP2 or DDP."
+                )
+            grads = torch.autograd.grad(scaled, params, allow_unused=True)
+        grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]
+        if scale is not None:
+            grads = torch._foreach_div(grads, scale)  # out of place: autograd's tensors are not ours to write
+        return loss.detach(), grads
+
+    def _has_reentrant_checkpoint(self, module: torch.nn.Module, loss: torch.Tensor) -> bool:
+        """Read from the graph once per model (a BERT-base graph, ~950 nodes, takes ~1 ms to walk)."""
+        if self._reentrant is None or self._reentrant[0] != id(module):
+            self._reentrant = (id(module), has_reentrant_checkpoint(loss))
+        return self._reentrant[1]
+
+    # ------------------------------------------------------------------------------------------------- the block
+    def prepare(self, module: torch.nn.Module) -> list[torch.Tensor] | None:
+        """FSDP2: reshard the root (an evaluation or a forward outside a block leaves its weights gathered, registered
+        in place of the shards) and return the trainable shards, listed now; call it before listing the perturbed
+        parameters. Other models: None."""
+        if not is_fsdp2(module):
+            return None
+        reshard(module)
+        return [p for p in module.parameters() if p.requires_grad]
+
+    @contextmanager
+    def perturbed(
+        self,
+        module: torch.nn.Module,
+        params: list[torch.Tensor],
+        mean_loss: Callable[[], torch.Tensor],
+        scale: float | None,
+        trainable: list[torch.Tensor] | None = None,
+        engine: Any = None,
+    ) -> Iterator[AscentResult]:
+        """The weights at θ + Δ for the block (the descent), θ again afterwards, bit for bit, also on error.
+
+        `trainable` is `prepare`'s answer: under FSDP2 every pass of an AMP micro-batch reduce-scatters (the ascent
+        must, and then the descent accumulates into the sharded `.grad` too); the Trainer's `no_sync` and
+        accelerate's `accumulate` set sync back when they exit, as they always do.
+        """
+        if trainable is not None:
+            module.set_requires_gradient_sync(True)
+        self._hook_once()
+        self._perturbed_ids = frozenset(id(p) for p in params)
+        saved = self._theta.for_params(params)
+        with updated_by_the_descent(module) as before_descent:
+
+            def gradient() -> tuple[torch.Tensor, list[torch.Tensor]]:
+                return self.gradient(module, mean_loss, params, scale, trainable, engine)
+
+            block = _Block(before_descent, module if trainable is not None else None)
+            self._block = block
+            try:
+                config, world = self.config, world_if_distributed()
+                with perturbed_weights(params, gradient, config, saved, world) as result:
+                    block.result, block.local, block.saved = result, layout(params).local, saved
+                    before_descent()
+                    if result.skipped:
+                        self._count_skip("the ascent's loss or gradient was not finite")
+                    torch.clear_autocast_cache()  # the descent must not run at copies of θ made by the clean pass
+                    yield result
+            finally:
+                self._block = None
+                torch.clear_autocast_cache()
+
+    def fall_back(self) -> None:
+        """Inside the block: θ back now, for a descent pass whose loss at θ + Δ was not finite."""
+        block = self._block
+        block.result.restore()
+        if block.fsdp_root is not None:
+            reshard(block.fsdp_root)  # its gathered θ + Δ would outlive the restore
+        block.before_descent()  # the failed pass's statistics update does not count
+
+    def fell_back_from(self, loss_at_theta: torch.Tensor) -> None:
+        """After `fall_back` and the pass at θ: counted as skipped when the loss at θ is finite (when it is not, the
+        micro-batch is the Trainer's own non-finite case, e.g. a count of 0 items, not AMP's)."""
+        if bool(torch.isfinite(loss_at_theta.detach()).all()):
+            self._block.fell_back = True
+            self._count_skip("the loss at θ + Δ was not finite where the loss at θ was")
+
+    def _count_skip(self, why: str) -> None:
+        self.skipped += 1
+        if self.skipped == 1:
+            logger.warning(
+                "AMP: %s; that micro-batch trains at θ (plain ERM) and is counted in amp_skipped. A smaller "
+                "amp_epsilon avoids it. (Warned once.)",
+                why,
+            )
+
+    @property
+    def fell_back(self) -> bool:
+        """Inside the block: whether `fall_back` ran."""
+        return self._block is not None and self._block.fell_back
+
+    # --------------------------------------------------------------------------------------- optimizer-step hooks
+    def _hook_once(self) -> None:
+        """One global pre/post hook pair for this owner's lifetime (new closures per block would make a compiled
+        `optimizer.step` recompile); they hold a weak reference, and are removed when the owner is collected."""
+        if self._hooked:
+            return
+        self._hooked = True
+        owner = weakref.ref(self)
+
+        def before(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+            amp = owner()
+            if amp is not None:
+                amp._before_step(optimizer, args, kwargs)
+
+        def after(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+            amp = owner()
+            if amp is not None and amp._holds(optimizer) and amp._block is not None and amp._block.result is not None:
+                with torch.no_grad():  # the stepped weights survive the exit's restore
+                    torch._foreach_copy_(amp._block.saved, amp._block.local)
+
+        handles = (register_optimizer_step_pre_hook(before), register_optimizer_step_post_hook(after))
+        weakref.finalize(self, _remove, handles)
+
+    def _holds(self, optimizer: torch.optim.Optimizer) -> bool:
+        ids = self._perturbed_ids
+        return any(id(p) in ids for group in optimizer.param_groups for p in group["params"])
+
+    def _before_step(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+        """A step of an optimizer holding this owner's perturbed parameters: inside the block it starts from θ (the
+        no_trainer scripts step inside their block), or is refused when it cannot."""
+        if self.first_step is not None and self._holds(optimizer):
+            first, self.first_step = self.first_step, None
+            first(optimizer)
+        block = self._block
+        if block is None or block.result is None or not self._holds(optimizer):
+            return
+        if torch._C._current_autograd_node() is not None:
+            raise RuntimeError(STEP_IN_BACKWARD)
+        if (len(args) > 1 and args[1] is not None) or kwargs.get("closure") is not None:  # args[0]: the optimizer
+            raise RuntimeError(CLOSURE_STEP)
+        block.result.restore()
+
+
+@dataclass
+class _Block:
+    """The active block of an owner."""
+
+    before_descent: Callable[[], None]
+    fsdp_root: torch.nn.Module | None
+    result: AscentResult | None = None
+    """None during the ascent passes; set once the weights are at θ + Δ."""
+    local: list[torch.Tensor] | None = None
+    saved: list[torch.Tensor] | None = None
+    fell_back: bool = False
+
+
+def _remove(handles: tuple) -> None:
+    for handle in handles:
+        handle.remove()
+
+
+@dataclass
+class MetricsWindow:
+    """AMP's numbers since the last log. Device values stay on the device (no host sync per step)."""
+
+    clean_sum: torch.Tensor | float = 0.0
+    delta_sum: torch.Tensor | float = 0.0
+    ascents: int = 0
+    perturbed: int = 0
+    skipped: int = 0
+    steps: int = 0
+    last_step: int | None = None
+
+    def add(self, result: AscentResult, step: int, fell_back: bool = False) -> None:
+        """One AMP micro-batch of optimizer step `step` (a micro-batch that was not an AMP step adds nothing)."""
+        if result.clean_loss is None:
+            return
+        if step != self.last_step:
+            self.last_step, self.steps = step, self.steps + 1
+        self.clean_sum = self.clean_sum + torch.nan_to_num(result.clean_loss.double(), nan=0.0, posinf=0.0, neginf=0.0)
+        self.ascents += 1
+        if result.skipped or fell_back:
+            self.skipped += 1
+        elif result.delta_norm is not None:
+            self.delta_sum = self.delta_sum + result.delta_norm.double()
+            self.perturbed += 1
+
+    def metrics(
+        self, device: Any, reduce: Callable[[torch.Tensor], torch.Tensor] | None, processes: int, empty: float
+    ) -> dict[str, float]:
+        """`METRIC_NAMES` over all processes (`reduce` sums a tensor over them; None: one process). `empty` is
+        `amp_clean_loss` for a window without AMP micro-batches."""
+        values = (self.clean_sum, self.delta_sum, self.ascents, self.perturbed, self.skipped, self.steps)
+        totals = torch.stack([torch.as_tensor(x, dtype=torch.float64, device=device) for x in values])
+        if reduce is not None:
+            totals = reduce(totals)
+        clean, delta, ascents, perturbed, skipped, steps = totals.tolist()
+        return {
+            "amp_clean_loss": clean / ascents if ascents else empty,
+            "amp_delta_norm": delta / perturbed if perturbed else 0.0,
+            "amp_skipped": int(skipped),
+            "amp_steps": round(steps / max(1, processes)),
+        }
+
+
+# ------------------------------------------------------------------------------------------------ saying it
+def announce(named_module: torch.nn.Module, config: AMPConfig) -> None:
+    """The start-up line, at WARNING so that it shows at Python's default logging configuration (a user's script
+    shows nothing below it): what AMP perturbs and the settings, or that AMP is off; and the selection's problems.
+    Call it on the main process only."""
+    if not config.enabled:
+        logger.warning(
+            "AMP is off (amp_inner_steps=%d, amp_epsilon=%g): plain training", config.inner_steps, config.epsilon
+        )
+        return
+    found = selection.report(named_module, config)
+    logger.warning("%s; settings %s", found.summary(), config)
+    for problem in found.problems():
+        logger.warning(problem)
+
+
+def defaults_warning(model: torch.nn.Module | None, optimizer: Any = None) -> str | None:
+    """The warning for the reference defaults (ε = 0.5 per tensor, the paper's for CNNs trained from scratch with
+    SGD) where they are known to fail: a model loaded from pretrained weights, or an Adam-family optimizer."""
+    config = getattr(model, "config", None)
+    source = getattr(config, "_name_or_path", None) or getattr(model, "name_or_path", None)
+    inner = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wraps the torch one
+    optimizer_name = type(inner).__name__ if inner is not None else ""
+    reasons = []
+    if isinstance(source, str) and source:
+        reasons.append(f"a model loaded from pretrained weights ({source!r})")
+    if "adam" in optimizer_name.lower():
+        reasons.append(f"an Adam-family optimizer ({optimizer_name})")
+    if not reasons:
+        return None
+    return (
+        f"AMP runs with the reference defaults (ε = 0.5 per tensor, the paper's setting for CNNs trained from scratch "
+        f"with SGD) on {' and '.join(reasons)}: there they are known to wreck training (README, 'Choosing ε'). Use "
+        f"{PRESET_ADVICE}, or set the amp_* values explicitly to silence this."
+    )
