@@ -27,7 +27,7 @@ PROTOCOL (fixed before the runs, December 2026; issue 25 point 4)
   at <= 1.15x ERM's CPU time), it becomes cnn_long_noisy@2 (this study's recommended.json entry); a late-phase
   setting cannot (a preset has no start relative to the run's length), and then nothing ships. Else nothing ships.
 
-    python -m benchmarks.cost_frontier                 # 30-33 runs (6 shared with the BatchNorm measurement), ~50 min on 2 cores
+    python -m benchmarks.cost_frontier                 # 30-33 runs (6 are the BatchNorm runs), ~50 min on 2 cores
     python -m benchmarks.cost_frontier --cached-only   # the report from the recorded runs, training none
 
 Records in benchmarks/results/records/cost_frontier.jsonl. Writes benchmarks/results/cost_frontier.{json,md,png} and,

@@ -26,6 +26,7 @@ from transformers.trainer_utils import BestRun
 
 from amp_hf import AMPTrainer, AMPTrainingArguments
 from amp_hf.config import NORMS
+from amp_hf.micro_batch import METRIC_NAMES as METRIC_KEYS
 from amp_hf.search import (
     BASELINE_PARAM,
     EPSILON_RANGES,
@@ -40,7 +41,6 @@ from amp_hf.search import (
     is_erm_baseline,
     objective_for,
 )
-from amp_hf.micro_batch import METRIC_NAMES as METRIC_KEYS
 
 AMP_KEYS = {"amp_inner_steps", "amp_norm", "amp_epsilon", "amp_inner_lr"}
 optuna.logging.set_verbosity(optuna.logging.WARNING)
