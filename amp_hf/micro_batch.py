@@ -360,6 +360,7 @@ def defaults_warning(model: torch.nn.Module | None, optimizer: Any = None) -> st
         return None
     return (
         f"AMP runs with the reference defaults (ε = 0.5 per tensor, the paper's setting for CNNs trained from scratch "
-        f"with SGD) on {' and '.join(reasons)}: there they are known to wreck training (README, 'Choosing ε'). Use "
+        f"with SGD) on {' and '.join(reasons)}: there they are known to wreck training (docs/arguments.md, "
+        "'Choosing ε by hand'). Use "
         f"{PRESET_ADVICE}, or set the amp_* values explicitly to silence this."
     )

@@ -73,8 +73,8 @@ class AMPMixin:
             logger.warning(
                 "%s got %s without the AMP fields (%s), so the reference defaults apply: %s. Those are the paper's "
                 "settings for CNNs trained with SGD; on vision transformers trained with AdamW they diverge and they "
-                "wreck the fine-tuning of pretrained models (README, 'Choosing ε'). Use AMPTrainingArguments (or "
-                "AMPArgumentsMixin) to set them.",
+                "wreck the fine-tuning of pretrained models (docs/arguments.md, 'Choosing ε by hand'). Use "
+                "AMPTrainingArguments (or AMPArgumentsMixin) to set them.",
                 type(self).__name__,
                 type(self.args).__name__,
                 ", ".join(missing),
