@@ -19,7 +19,7 @@ Per micro-batch, on an AMP step, `perturbed(batch)`:
   2. leaves the weights at θ + Δ for the block, where the loop's own forward and `accelerator.backward` take the
      descent gradient exactly as they would without AMP (loss scaling, accumulation, DDP's gradient sync);
   3. copies θ back on exit, also when the block raises; BatchNorm running statistics are updated once, by the
-     block's own forward (`running_stats.py`).
+     clean pass at θ (`running_stats.py`).
 An optimizer step taken inside the block (the Hugging Face `*_no_trainer.py` scripts step inside their
 `accelerator.accumulate` block) is taken from θ: this object's `torch.optim` step hook puts θ back just before it,
 and the exit then keeps the stepped weights. So adding AMP to such a loop changes one line:

@@ -4,7 +4,7 @@ AMPTrainer (`trainer.py`) and the custom-loop API (`loop.py`) each own one `Micr
 micro-batch's mean loss at the current weights, the model and the optimizer step they are at. Here, once: the gradient
 at the current weights (`gradient`: fp16 scale in and out; autograd, a real backward for FSDP2 and reentrant
 checkpoints, ZeRO-3's partitions; None → zeros); FSDP2's preparation (`prepare`); the running statistics
-(`running_stats.updated_by_the_descent`); skip decisions over the world and the descent's fallback (`fall_back`);
+(`running_stats.kept_from_the_clean_pass`); skip decisions over the world and the descent's fallback (`fall_back`);
 θ's buffers; what is perturbed (`parameters`, `announce`, `defaults_warning`); the metrics window (`METRIC_NAMES`);
 and the optimizer-step hooks, one global pair per owner acting only inside its block on optimizers holding its
 perturbed parameters (`_before_step`).
@@ -26,7 +26,7 @@ from . import selection
 from .config import AMPConfig
 from .deepspeed_engine import zero3_gradient
 from .perturbation import AscentResult, ThetaBuffers, perturbed_weights
-from .running_stats import updated_by_the_descent
+from .running_stats import kept_from_the_clean_pass
 from .sharding import is_partitioned, is_sharded, layout
 from .wrapped_models import (
     gradient_by_backward,
@@ -174,18 +174,23 @@ class MicroBatchAMP:
         self._hook_once()
         self._perturbed_ids = frozenset(id(p) for p in params)
         saved = self._theta.for_params(params)
-        with updated_by_the_descent(module) as before_descent:
+        with kept_from_the_clean_pass(module) as clean_pass_done:
+            passes = 0
 
             def gradient() -> tuple[torch.Tensor, list[torch.Tensor]]:
-                return self.gradient(module, mean_loss, params, scale, trainable, engine)
+                nonlocal passes
+                loss_and_grads = self.gradient(module, mean_loss, params, scale, trainable, engine)
+                if passes == 0:
+                    clean_pass_done()  # the micro-batch's one running-statistics update: the clean pass's, at θ
+                passes += 1
+                return loss_and_grads
 
-            block = _Block(before_descent, module if trainable is not None else None)
+            block = _Block(module if trainable is not None else None)
             self._block = block
             try:
                 config, world = self.config, world_if_distributed()
                 with perturbed_weights(params, gradient, config, saved, world) as result:
                     block.result, block.local, block.saved = result, layout(params).local, saved
-                    before_descent()
                     if result.skipped:
                         self._count_skip("the ascent's loss or gradient was not finite")
                     torch.clear_autocast_cache()  # the descent must not run at copies of θ made by the clean pass
@@ -200,7 +205,6 @@ class MicroBatchAMP:
         block.result.restore()
         if block.fsdp_root is not None:
             reshard(block.fsdp_root)  # its gathered θ + Δ would outlive the restore
-        block.before_descent()  # the failed pass's statistics update does not count
 
     def fell_back_from(self, loss_at_theta: torch.Tensor) -> None:
         """After `fall_back` and the pass at θ: counted as skipped when the loss at θ is finite (when it is not, the
@@ -270,7 +274,6 @@ class MicroBatchAMP:
 class _Block:
     """The active block of an owner."""
 
-    before_descent: Callable[[], None]
     fsdp_root: torch.nn.Module | None
     result: AscentResult | None = None
     """None during the ascent passes; set once the weights are at θ + Δ."""

@@ -14,7 +14,7 @@ Per micro-batch, on an AMP step:
      back-propagated: the micro-batch is retrained at θ instead, from its own copy of the inputs, decided by every
      process together (a process deciding alone would call `compute_loss`, and its collectives, a different number
      of times).
-  3. θ is copied back (also on error); running statistics are updated once, by the descent (`running_stats.py`).
+  3. θ is copied back (also on error); running statistics are updated once, by the clean pass at θ (`running_stats.py`).
 
 FSDP2 (`fully_shard`) and ZeRO-3 differ in step 1, by necessity: the ascent gradient is the **average over the
 processes** of each process's micro-batch mean-loss gradient, and each process perturbs its shards with whole-tensor

@@ -75,8 +75,9 @@ class AMPArgumentsMixin:
         metadata={
             "help": "Share f in (0, 1] of each micro-batch that the ascent passes use (its first ceil(f*B) examples); "
             "the descent pass uses all of it. An AMP step then costs about 1 + f*K passes instead of 1 + K. BatchNorm "
-            "running statistics are updated once per micro-batch, by the descent pass on the whole micro-batch at "
-            "theta + delta (measured against the head's at theta: docs/arguments.md). Default 1."
+            "running statistics are updated once per micro-batch, by the clean pass on the head at theta, the "
+            "weights evaluation runs at (measured against the descent's at theta + delta: docs/arguments.md). "
+            "Default 1."
         },
     )
 

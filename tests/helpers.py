@@ -410,8 +410,8 @@ def running_statistics(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def statistics_under_each_policy(model: nn.Module, batch: dict, fraction: float, epsilon: float) -> dict[str, dict]:
     """The running statistics after one AMP micro-batch (K = 1, per-tensor ball) under each policy, in plain PyTorch
-    on copies of `model`: "descent" (the library's: one update, by the descent's forward on the whole micro-batch at
-    θ + Δ) and "head" (the alternative: the clean pass's update, on the head at θ)."""
+    on copies of `model`: "head" (the library's: the clean pass's update, on the head of the micro-batch at θ) and
+    "descent" (the measured alternative: one update, by the descent's forward on the whole micro-batch at θ + Δ)."""
     size = max(1, math.ceil(fraction * len(batch["labels"])))
     head = {k: v[:size] for k, v in batch.items()}
     descent = copy.deepcopy(model).train()
@@ -427,9 +427,9 @@ def statistics_under_each_policy(model: nn.Module, batch: dict, fraction: float,
     return {"descent": running_statistics(descent), "head": running_statistics(at_head)}
 
 
-def assert_statistics_of_the_descent(model: nn.Module, policies: dict[str, dict]) -> None:
+def assert_statistics_of_the_clean_pass(model: nn.Module, policies: dict[str, dict]) -> None:
     got = running_statistics(model)
-    for name, value in policies["descent"].items():
+    for name, value in policies["head"].items():
         torch.testing.assert_close(got[name], value, msg=lambda m, n=name: f"{n}: {m}")
     assert int(got["norm.num_batches_tracked"]) == 1  # one update per micro-batch
-    assert not torch.allclose(got["norm.running_mean"], policies["head"]["norm.running_mean"])  # the test can tell
+    assert not torch.allclose(got["norm.running_mean"], policies["descent"]["norm.running_mean"])  # the test can tell

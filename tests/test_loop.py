@@ -19,7 +19,7 @@ from helpers import (
     OverflowsWhenPushed,
     TinyClassifier,
     assert_params_close,
-    assert_statistics_of_the_descent,
+    assert_statistics_of_the_clean_pass,
     params_of,
     reference_amp,
     statistics_under_each_policy,
@@ -120,9 +120,9 @@ def test_non_finite_ascent_leaves_the_weights_at_theta_and_says_so(caplog):
 
 
 @pytest.mark.parametrize("fraction", [1.0, 0.5])
-def test_batchnorm_statistics_are_the_descents_whole_micro_batch_at_theta_plus_delta(fraction):
-    """The policy (running_stats.py): one update per micro-batch, by the block's own forward on the whole micro-batch
-    at θ + Δ, whatever the ascent passes (K = 2) and the fraction they see."""
+def test_batchnorm_statistics_are_the_clean_passs_at_theta(fraction):
+    """The policy (running_stats.py): one update per micro-batch, by the clean pass on the head at θ, whatever the
+    later ascent passes (K = 2) and the block's own forward at θ + Δ do."""
     model = TinyClassifier(batchnorm=True)
     data = DictDataset(n=8)
     batch = {"x": data.x, "labels": data.y}
@@ -130,7 +130,7 @@ def test_batchnorm_statistics_are_the_descents_whole_micro_batch_at_theta_plus_d
     amp = AMP(model, amp_epsilon=0.05, amp_ascent_fraction=fraction)
     with amp.perturbed(batch):
         model(**batch)["loss"].backward()
-    assert_statistics_of_the_descent(model, policies)
+    assert_statistics_of_the_clean_pass(model, policies)
     amp_k2 = AMP(twice := TinyClassifier(batchnorm=True), amp_epsilon=0.05, amp_inner_steps=2)
     with amp_k2.perturbed(batch):
         twice(**batch)

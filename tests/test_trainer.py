@@ -20,7 +20,7 @@ from helpers import (
     assert_params_close,
     assert_params_equal,
     assert_params_far,
-    assert_statistics_of_the_descent,
+    assert_statistics_of_the_clean_pass,
     params_of,
     reference_amp,
     statistics_under_each_policy,
@@ -318,14 +318,14 @@ def test_fp16_grad_scaler_end_to_end(tmp_path):
 
 # ------------------------------------------------------------------------------------------- BatchNorm
 @pytest.mark.parametrize("fraction", [1.0, 0.5])
-def test_batchnorm_running_stats_are_the_descents_whole_micro_batch(tmp_path, fraction):
-    """One update per micro-batch, by the descent (`Trainer.training_step`'s forward) on the whole micro-batch at
-    θ + Δ; not the clean pass's on the head at θ (running_stats.py: the measured policy)."""
+def test_batchnorm_running_stats_are_the_clean_passs_at_theta(tmp_path, fraction):
+    """One update per micro-batch, by the clean pass on the head at θ; not the descent's (`Trainer.training_step`'s
+    forward) on the whole micro-batch at θ + Δ (running_stats.py: the measured policy)."""
     data = DictDataset()
     model = TinyClassifier(batchnorm=True)
     policies = statistics_under_each_policy(model, {"x": data.x[:4], "labels": data.y[:4]}, fraction, epsilon=0.5)
     train(SequentialAMPTrainer, model, tmp_path, data, max_steps=1, amp_ascent_fraction=fraction)
-    assert_statistics_of_the_descent(model, policies)
+    assert_statistics_of_the_clean_pass(model, policies)
 
 
 # -------------------------------------------------------------------------------- which tensors move
