@@ -1,6 +1,6 @@
 # The two commands of the README:  `make demo`  (amp_hf.compare: plain ERM against AMP's preset cnn_long_noisy on a CNN
-# that memorises noisy labels, 2 paired seeds, both early-stopped; about 145 CPU seconds: 2.5 minutes on 2 cores
-# shared with another job, less when idle; offline)  and
+# that memorises noisy labels, 2 paired seeds, both early-stopped; about 145 CPU seconds: 92 s on 2 idle cores,
+# 149-221 s beside other jobs; offline)  and
 # `make test`  (ruff and the test suite).
 # Both create .venv on first use (pinned by constraints.txt) and reuse it afterwards; the demo installs only what it
 # needs (.venv/.installed-demo), the tests everything (.venv/.installed).

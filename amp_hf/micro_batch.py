@@ -175,14 +175,13 @@ class MicroBatchAMP:
         self._perturbed_ids = frozenset(id(p) for p in params)
         saved = self._theta.for_params(params)
         with kept_from_the_clean_pass(module) as clean_pass_done:
-            passes = 0
+            passes: list[None] = []
 
             def gradient() -> tuple[torch.Tensor, list[torch.Tensor]]:
-                nonlocal passes
                 loss_and_grads = self.gradient(module, mean_loss, params, scale, trainable, engine)
-                if passes == 0:
-                    clean_pass_done()  # the micro-batch's one running-statistics update: the clean pass's, at θ
-                passes += 1
+                if not passes:  # the micro-batch's one running-statistics update: the clean pass's, at θ
+                    clean_pass_done()
+                passes.append(None)
                 return loss_and_grads
 
             block = _Block(module if trainable is not None else None)
