@@ -1,18 +1,11 @@
 """DeepSpeed (ZeRO stages 1-3, through the Trainer's own integration): what AMP's step needs from the engine.
 
-Three things differ from plain PyTorch, and each has one function here:
-  - accelerate's `backward` steps the engine's optimizer inside it, on the micro-batch that ends an accumulation
-    window. AMP's descent backward runs at θ + Δ, and the optimizer must step from θ: `deferred_step` keeps the
-    engine's `step` from running until the weights are restored, and then runs it, unchanged.
-  - the ascent differentiates the module inside the engine with `torch.autograd.grad`, which runs neither the
-    engine's gradient hooks (they fire when a gradient is accumulated into `.grad`) nor its `backward` (which counts
-    micro-steps): the engine's partitioned gradient buffers and counters never see the ascent.
-  - an fp16 engine scales its loss itself: `loss_scale` reads that scale, so the ascent can scale and unscale as it
-    does for the GradScaler.
-ZeRO-3 partitions every parameter across the processes: `zero3_gradient` gives the ascent each process's partition
-of the gradient averaged over the processes, and `sharding.py` perturbs the partitions with whole-tensor norms and
-drops the engine's gathered copies after each write, so every process applies its part of one and the same Δ (as
-under FSDP2). Parameter offload and ZeRO++'s secondary partitions are refused (`check_supported`).
+Each difference from plain PyTorch has one function here: accelerate's `backward` steps the engine's optimizer inside
+it, which must wait until θ is back (`deferred_step`); an fp16 engine scales its loss itself (`loss_scale`); ZeRO-3's
+ascent needs each process's partition of the averaged gradient (`zero3_gradient`; `sharding.py` perturbs the
+partitions). The ascent's `torch.autograd.grad` on the module inside the engine runs neither the engine's gradient
+hooks nor its `backward`, so the engine's gradient buffers and counters never see it. Unsupported set-ups are
+refused before training (`check_supported`).
 """
 
 from __future__ import annotations

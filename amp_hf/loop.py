@@ -1,51 +1,25 @@
 """AMP (Adversarial Model Perturbation, not mixed precision) for custom training loops, with or without Accelerate.
 
-One AMP micro-batch is `micro_batch.py`'s, shared with AMPTrainer; this module only supplies what a loop has instead
-of a Trainer: the micro-batch, a loss function and the `Accelerator`.
+One AMP micro-batch is `micro_batch.py`'s, shared with AMPTrainer; this module supplies only what a loop has instead
+of a Trainer: the micro-batch, a loss function and the `Accelerator`. The whole change to a loop is one line:
 
-    amp = AMP(model, accelerator=accelerator, amp_epsilon=0.5)        # after accelerator.prepare(...)
+    amp = AMP(model, accelerator=accelerator, amp_preset="cnn_long_noisy")    # after accelerator.prepare(...)
     for batch in train_dataloader:
         with accelerator.accumulate(model), amp.perturbed(batch):    # the ascent runs here; weights now θ + Δ
-            loss = model(**batch).loss
-            accelerator.backward(loss)                               # the descent gradient, taken at θ + Δ
-        optimizer.step()                                             # θ is back: the step is taken from θ
-        lr_scheduler.step()
-        optimizer.zero_grad()
+            accelerator.backward(model(**batch).loss)                # the descent gradient, taken at θ + Δ
+            optimizer.step()                                         # taken from θ (this object's step hook)
+            optimizer.zero_grad()
 
-Per micro-batch, on an AMP step, `perturbed(batch)`:
-  1. runs the ascent passes (clean + K − 1) on the model inside its DDP / compile wrappers, each on the micro-batch's
-     own **mean** loss (`loss_fn`; the head of the micro-batch with `amp_ascent_fraction` < 1): nothing is written to
-     `.grad` and nothing is communicated, whatever the accumulation or the process count;
-  2. leaves the weights at θ + Δ for the block, where the loop's own forward and `accelerator.backward` take the
-     descent gradient exactly as they would without AMP (loss scaling, accumulation, DDP's gradient sync);
-  3. copies θ back on exit, also when the block raises; BatchNorm running statistics are updated once, by the
-     clean pass at θ (`running_stats.py`).
-An optimizer step taken inside the block (the Hugging Face `*_no_trainer.py` scripts step inside their
-`accelerator.accumulate` block) is taken from θ: this object's `torch.optim` step hook puts θ back just before it,
-and the exit then keeps the stepped weights. So adding AMP to such a loop changes one line:
-`with accelerator.accumulate(model):` becomes `with accelerator.accumulate(model), amp.perturbed(batch):`.
-The hook acts only on optimizers that hold this object's perturbed parameters (a GAN's other optimizer, another
-`AMP` object's model are left alone). Refused, with a RuntimeError saying what to do instead: a block of this object
-inside another, `optimizer.step(closure)` inside the block, and an optimizer that steps inside backward.
-A non-finite ascent (an fp16 overflow) leaves the weights at θ for the block, sets `result.skipped` and logs a
-warning: that micro-batch trains as plain ERM.
-
-Optimizer steps are counted by this object, for `amp_interval` and `amp_start_step`: a block that ends while
-`accelerator.sync_gradients` is set (read when the block exits, so either order of the context managers counts the
-same) ends a step; a block that raises counts none.
-
-Under FSDP2 (`fully_shard`) the ascent's gradient is the average over the processes, as in AMPTrainer; DeepSpeed,
-FSDP1 and offloaded FSDP2 are refused when `AMP` is built (`REFUSED_BACKENDS`).
-Presets: `AMP(model, amp_preset="cnn_long_noisy", ...)` starts from a library preset (`amp_hf.presets`); explicit
-`amp_*` keywords win over it, as with `AMPTrainingArguments(amp_preset=...)`.
+θ is copied back on exit, also on error. What a loop could silently turn into plain training (a nested block of one
+object, `optimizer.step(closure)` in the block, an optimizer stepping inside backward) is refused; steps are counted
+when the block exits, so the order of the context managers does not matter. docs/custom-loops.md has the rest.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import fields
 from types import SimpleNamespace
 from typing import Any
@@ -53,16 +27,13 @@ from typing import Any
 import torch
 
 from . import selection
-from .batch import head_of_batch
 from .config import AMPConfig
-from .micro_batch import MicroBatchAMP, announce, defaults_warning
+from .micro_batch import MicroBatchAMP, announce, warn_if_defaults_misfit
 from .perturbation import AscentResult
 from .presets import preset_config
 from .sharding import fsdp_plugin_problem, is_partitioned, is_sharded
 from .training_args import AMPArgumentsMixin
 from .wrapped_models import grad_scaler_scale, is_fsdp2, unwrapped
-
-logger = logging.getLogger(__name__)
 
 LossFn = Callable[[torch.nn.Module, Any], torch.Tensor]
 """`loss_fn(module, batch)`: the micro-batch's mean loss with `module` (the model without its DDP wrapper)."""
@@ -134,12 +105,10 @@ def add_amp_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
 class AMP:
     """Adversarial Model Perturbation for a custom training loop (see the module docstring for the loop).
 
-    `model` is the model the loop trains: the one `accelerator.prepare` returned (a DDP or compile wrapper, in any
-    order), or the bare model. `accelerator` (optional) supplies the fp16 GradScaler, the accumulation boundary
-    and the distributed type; without one, every `perturbed` call is one optimizer step. Settings are the
-    `amp_*` keywords of `AMPTrainingArguments` (`amp_epsilon`, `amp_inner_steps`, `amp_inner_lr`, `amp_norm`,
-    `amp_interval`, `amp_start_step`, `amp_include`, `amp_exclude`, `amp_ascent_fraction`), validated the same way,
-    over a named `amp_preset` (`amp_hf.presets`) or a whole `config=AMPConfig(...)`.
+    `model`: the model the loop trains, as `accelerator.prepare` returned it (DDP and compile wrappers are looked
+    through) or bare. `accelerator` (optional) supplies the fp16 GradScaler, the accumulation boundary and the
+    distributed type; without one, every `perturbed` call is one optimizer step. Settings: the `amp_*` keywords of
+    `AMPTrainingArguments`, validated the same way, over a named `amp_preset` or a whole `config=AMPConfig(...)`.
     """
 
     def __init__(
@@ -170,11 +139,11 @@ class AMP:
         named = unwrapped(model)
         self.selection = selection.report(named, self.config)
         """What AMP perturbs in this model; its `problems()` (patterns matching nothing) are logged as warnings."""
-        if self._is_main_process():
+        if getattr(accelerator, "is_main_process", True):
             announce(named, self.config)
             if reference_defaults and self.config.enabled:  # the model now; the optimizer at its first step
-                self._amp.first_step = lambda optimizer: self._warn(defaults_warning(None, optimizer))
-                self._warn(defaults_warning(named))
+                self._amp.first_step = lambda optimizer: warn_if_defaults_misfit(None, optimizer)
+                warn_if_defaults_misfit(named)
 
     @classmethod
     def from_args(cls, model: torch.nn.Module, args: Any, *, accelerator: Any = None, **kwargs: Any) -> AMP:
@@ -203,14 +172,6 @@ class AMP:
                 "training."
             )
 
-    @staticmethod
-    def _warn(message: str | None) -> None:
-        if message is not None:
-            logger.warning(message)
-
-    def _is_main_process(self) -> bool:
-        return bool(getattr(self.accelerator, "is_main_process", True))
-
     @property
     def skipped(self) -> int:
         """Micro-batches whose ascent was not finite (trained at θ)."""
@@ -225,23 +186,23 @@ class AMP:
     def perturbed(self, batch: Any, loss_fn: LossFn | None = None) -> Iterator[AscentResult]:
         """Weights at θ + Δ inside the block for this micro-batch, θ again (bit for bit) after it, also on error.
 
-        `loss_fn(module, batch)` (default: this object's, else `module(**batch).loss`) must return the micro-batch's
-        mean loss; the ascent calls it with the model without its DDP and compile wrappers and, with
-        `amp_ascent_fraction` < 1, the head of the batch. The block must compute the loss itself (through the wrapped
-        model) and call `accelerator.backward` (or `loss.backward()`); the optimizer steps after the block, or inside
-        it (then from θ). The result's `clean_loss` (L at θ) and `delta_norm` (‖Δ‖) are device tensors for logging,
-        None when this micro-batch is not an AMP step (`amp_interval`, `amp_start_step`, K = 0 or ε = 0); `skipped`
-        is True when the ascent was not finite and the block ran at θ.
+        `loss_fn(module, batch)` (default: this object's, else `module(**batch).loss`) returns the micro-batch's mean
+        loss; the ascent calls it with the unwrapped model and, with `amp_ascent_fraction` < 1, the head of the batch.
+        The block computes its own loss and backward; the optimizer steps after the block, or inside it (from θ).
+        The result's `clean_loss` and `delta_norm` are None when this micro-batch is not an AMP step; `skipped` is
+        True when the ascent was not finite and the block ran at θ.
         """
         if self._open:
             raise RuntimeError(
                 "AMP.perturbed: a block of this AMP object is already open (nested blocks would save θ + Δ as θ). "
                 "Close one block before opening the next; for two models, build one AMP object per model."
             )
-        step = self.optimizer_steps
+        step, loss_fn = self.optimizer_steps, loss_fn or self.loss_fn
+        scale = grad_scaler_scale(self.accelerator)
+        ascent = self._amp.perturbed(self.model, batch, loss_fn, scale) if self.config.applies_at(step) else None
         self._open = True
         try:
-            with self._ascent(batch, loss_fn or self.loss_fn, step) as result:
+            with ascent or nullcontext(AscentResult()) as result:
                 yield result
         finally:
             self._open = False
@@ -251,28 +212,9 @@ class AMP:
         if bool(getattr(self.accelerator, "sync_gradients", True)):
             self.optimizer_steps += 1
 
-    @contextmanager
-    def _ascent(self, batch: Any, loss_fn: LossFn, step: int) -> Iterator[AscentResult]:
-        if self.config.applies_at(step):
-            module = unwrapped(self.model)
-            trainable = self._amp.prepare(module)
-            params = [p for _, p in self.named_parameters()]
-            if params:
-                head = head_of_batch(batch, self.config.ascent_fraction)
-                scale = grad_scaler_scale(self.accelerator)
-                with self._amp.perturbed(module, params, lambda: loss_fn(module, head), scale, trainable) as result:
-                    yield result
-                return
-        yield AscentResult()
-
     def metrics(self) -> dict[str, float]:
-        """AMP's numbers since the last call (`micro_batch.METRIC_NAMES`, as AMPTrainer logs them), for the loop's
-        logger; call it on every process (one reduction).
-
-        `amp_clean_loss`: mean loss at θ of the AMP micro-batches (NaN without any); `amp_delta_norm`: mean ‖Δ‖ of
-        those perturbed; `amp_skipped`: micro-batches trained at θ because a loss was not finite; `amp_steps`:
-        optimizer steps with AMP. Sums and counts are over all processes (`amp_steps` per process).
-        """
+        """AMP's numbers since the last call (`micro_batch.METRIC_NAMES`, as AMPTrainer logs them, docs/arguments.md;
+        `amp_clean_loss` is NaN without an AMP micro-batch), summed over the processes: call it on every process."""
         window, self._amp.window = self._amp.window, type(self._amp.window)()
         processes = max(1, int(getattr(self.accelerator, "num_processes", 1)))
         reduce = None if processes == 1 else (lambda t: self.accelerator.reduce(t, reduction="sum"))

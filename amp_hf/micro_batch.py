@@ -1,13 +1,11 @@
 """One AMP micro-batch, whatever drives it: everything around the paper's box (`perturbation.perturbed_weights`).
 
 AMPTrainer (`trainer.py`) and the custom-loop API (`loop.py`) each own one `MicroBatchAMP` and supply only the
-micro-batch's mean loss at the current weights, the model and the optimizer step they are at. Here, once: the gradient
-at the current weights (`gradient`: fp16 scale in and out; autograd, a real backward for FSDP2 and reentrant
-checkpoints, ZeRO-3's partitions; None → zeros); FSDP2's preparation (`prepare`); the running statistics
-(`running_stats.kept_from_the_clean_pass`); skip decisions over the world and the descent's fallback (`fall_back`);
-θ's buffers; what is perturbed (`parameters`, `announce`, `defaults_warning`); the metrics window (`METRIC_NAMES`);
-and the optimizer-step hooks, one global pair per owner acting only inside its block on optimizers holding its
-perturbed parameters (`_before_step`).
+micro-batch's mean loss, the model and the optimizer step they are at. Here, once: the gradient at the current
+weights (`gradient`), FSDP2's preparation (`prepare`), the running statistics, skip decisions and the descent's
+fallback (`fall_back`), θ's buffers, what is perturbed (`parameters`, `announce`, `warn_if_defaults_misfit`), the
+metrics (`METRIC_NAMES`) and the optimizer-step hooks, which act only inside the owner's block and only on
+optimizers holding its perturbed parameters (`_before_step`).
 """
 
 from __future__ import annotations
@@ -23,6 +21,7 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 from . import selection
+from .batch import head_of_batch
 from .config import AMPConfig
 from .deepspeed_engine import zero3_gradient
 from .perturbation import AscentResult, ThetaBuffers, perturbed_weights
@@ -144,33 +143,36 @@ class MicroBatchAMP:
         return self._reentrant[1]
 
     # ------------------------------------------------------------------------------------------------- the block
-    def prepare(self, module: torch.nn.Module) -> list[torch.Tensor] | None:
-        """FSDP2: reshard the root (an evaluation or a forward outside a block leaves its weights gathered, registered
-        in place of the shards) and return the trainable shards, listed now; call it before listing the perturbed
-        parameters. Other models: None."""
-        if not is_fsdp2(module):
-            return None
-        reshard(module)
-        return [p for p in module.parameters() if p.requires_grad]
-
     @contextmanager
     def perturbed(
         self,
-        module: torch.nn.Module,
-        params: list[torch.Tensor],
-        mean_loss: Callable[[], torch.Tensor],
+        model: torch.nn.Module,
+        batch: Any,
+        loss_of: Callable[[torch.nn.Module, Any], torch.Tensor],
         scale: float | None,
-        trainable: list[torch.Tensor] | None = None,
         engine: Any = None,
     ) -> Iterator[AscentResult]:
         """The weights at θ + Δ for the block (the descent), θ again afterwards, bit for bit, also on error.
 
-        `trainable` is `prepare`'s answer: under FSDP2 every pass of an AMP micro-batch reduce-scatters (the ascent
-        must, and then the descent accumulates into the sharded `.grad` too); the Trainer's `no_sync` and
-        accelerate's `accumulate` set sync back when they exit, as they always do.
+        `loss_of(module, head)` is the mean loss of `head`, the micro-batch cut to `amp_ascent_fraction`, on the model
+        without its wrappers. When nothing is perturbed the block runs at θ and the result is empty.
         """
+        module, trainable = unwrapped(model), None
+        if is_fsdp2(module):
+            # A forward outside a block leaves the root's gathered weights registered in place of the shards: reshard,
+            # then list the trainable shards (FSDP writes their `.grad`) and the perturbed parameters.
+            reshard(module)
+            trainable = [p for p in module.parameters() if p.requires_grad]
+        params = [p for _, p in self.parameters(model)]
+        if not params:
+            yield AscentResult()
+            return
         if trainable is not None:
+            # Every pass of an AMP micro-batch reduce-scatters (the ascent must, and then the descent accumulates into
+            # the sharded `.grad`); the Trainer's `no_sync` and accelerate's `accumulate` set it back when they exit.
             module.set_requires_gradient_sync(True)
+        head = head_of_batch(batch, self.config.ascent_fraction)
+        mean_loss = lambda: loss_of(module, head)  # noqa: E731
         self._hook_once()
         self._perturbed_ids = frozenset(id(p) for p in params)
         saved = self._theta.for_params(params)
@@ -346,9 +348,9 @@ def announce(named_module: torch.nn.Module, config: AMPConfig) -> None:
         logger.warning(problem)
 
 
-def defaults_warning(model: torch.nn.Module | None, optimizer: Any = None) -> str | None:
-    """The warning for the reference defaults (ε = 0.5 per tensor, the paper's for CNNs trained from scratch with
-    SGD) where they are known to fail: a model loaded from pretrained weights, or an Adam-family optimizer."""
+def warn_if_defaults_misfit(model: torch.nn.Module | None, optimizer: Any = None) -> None:
+    """Warns when the reference defaults (ε = 0.5 per tensor, the paper's for CNNs trained from scratch with SGD) meet
+    what they are known to fail on: a model loaded from pretrained weights, or an Adam-family optimizer."""
     config = getattr(model, "config", None)
     source = getattr(config, "_name_or_path", None) or getattr(model, "name_or_path", None)
     inner = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wraps the torch one
@@ -359,8 +361,8 @@ def defaults_warning(model: torch.nn.Module | None, optimizer: Any = None) -> st
     if "adam" in optimizer_name.lower():
         reasons.append(f"an Adam-family optimizer ({optimizer_name})")
     if not reasons:
-        return None
-    return (
+        return
+    logger.warning(
         f"AMP runs with the reference defaults (ε = 0.5 per tensor, the paper's setting for CNNs trained from scratch "
         f"with SGD) on {' and '.join(reasons)}: there they are known to wreck training (docs/arguments.md, "
         "'Choosing ε by hand'). Use "

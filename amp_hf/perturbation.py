@@ -217,16 +217,11 @@ def perturbed_weights(
     micro-batches stay untouched. If a loss or gradient is not finite, the weights stay at θ and `result.skipped` is
     set, so no NaN ever reaches them. `saved`, from `save_buffers(params)`, is where θ is kept (default: a fresh copy).
 
-    `agree_over`: the processes that must all skip or all go on (the trainer passes the whole world whenever the run
-    is distributed): a process that skips while another takes one more ascent pass would make a different number of
-    collective calls (DDP, SyncBatchNorm, a `compute_loss` that gathers metrics) and hang. Default: the group the
-    parameters are sharded over, which must agree in any case (every process applies its part of one Δ).
-
-    FSDP2 and ZeRO-3: `params` may be sharded DTensors or ZeRO-3 parameters, all over one process group, and
-    `gradient_fn` then returns each process's part of the gradient averaged over the processes (a DTensor, or a
-    flat tensor the size of the parameter's valid partition). Δ lives in the local parts; the norms of the
-    projection, of `relative`'s ‖θ_p‖ and of `result.delta_norm` are whole-tensor norms, and a non-finite ascent
-    anywhere is skipped everywhere, so every process applies its part of one and the same Δ.
+    `agree_over`: the processes that must all skip or all go on (the whole world in a distributed run): a process
+    that skips while another takes one more ascent pass would make a different number of collective calls (DDP,
+    SyncBatchNorm, a `compute_loss` that gathers metrics) and hang. Default: the group the parameters are sharded
+    over, which must agree in any case. Sharded `params` (FSDP2, ZeRO-3: see the module) take from `gradient_fn`
+    each process's part of the gradient averaged over the processes.
     """
     params = list(params)
     result = AscentResult()

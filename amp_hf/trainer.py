@@ -34,10 +34,9 @@ from torch.profiler import record_function
 from transformers import Seq2SeqTrainer, Trainer
 
 from . import deepspeed_engine, trainer_versions
-from .batch import head_of_batch
 from .compare.recording import add_comparison_recorder
 from .config import AMPConfig
-from .micro_batch import REENTRANT_UNDER_DEEPSPEED, MicroBatchAMP, announce, defaults_warning
+from .micro_batch import REENTRANT_UNDER_DEEPSPEED, MicroBatchAMP, announce, warn_if_defaults_misfit
 from .perturbation import AscentResult, on_every_process
 from .sharding import fsdp_plugin_problem
 from .wrapped_models import grad_scaler_scale, unwrapped
@@ -171,12 +170,8 @@ class AMPMixin:
 
     # ------------------------------------------------------------------------------------ what AMP perturbs
     def amp_parameters(self, model: torch.nn.Module | None = None) -> list[tuple[str, torch.nn.Parameter]]:
-        """(name, parameter) of every tensor AMP perturbs now: trainable, selected by `amp_include` / `amp_exclude`.
-
-        Names are those of the model itself, without the `module.` / `_orig_mod.` prefixes of DDP and torch.compile,
-        so patterns read the same however the run is launched. `requires_grad` is read on every call: a parameter
-        frozen or unfrozen during training leaves or joins the perturbed set at the next step.
-        """
+        """(name, parameter) of every tensor AMP perturbs now: trainable (read on every call, for unfreezing recipes),
+        selected by `amp_include` / `amp_exclude` on the model's own names (no DDP or torch.compile prefixes)."""
         return self._amp.parameters(self.model if model is None else model)
 
     def amp_parameter_names(self, model: torch.nn.Module | None = None) -> list[str]:
@@ -192,9 +187,7 @@ class AMPMixin:
         announce(unwrapped(model), self.amp_config)
         args = self.args
         if self.amp_config.enabled and not getattr(args, "amp_given", ()) and getattr(args, "amp_preset", None) is None:
-            found = defaults_warning(unwrapped(model), self.optimizer)
-            if found is not None:
-                logger.warning(found)
+            warn_if_defaults_misfit(unwrapped(model), self.optimizer)
 
     # -------------------------------------------------------------------------------------------------- the step
     def training_step(
@@ -207,25 +200,18 @@ class AMPMixin:
             self._amp_announce(model)
         if not self.amp_config.applies_at(self.state.global_step):
             return super().training_step(model, inputs, num_items_in_batch)
-        engine = deepspeed_engine.engine_of(model)
-        ascent_model = unwrapped(model)
-        trainable = self._amp.prepare(ascent_model)  # FSDP2: reshard before the parameters are listed
-        params = [p for _, p in self.amp_parameters(model)]
-        if not params:
-            return super().training_step(model, inputs, num_items_in_batch)
-
         model.train()
         if callable(getattr(self.optimizer, "train", None)):
             self.optimizer.train()  # schedule-free optimizers swap their weights in here: do it before the ascent
-        ascent_inputs = head_of_batch(inputs, self.amp_config.ascent_fraction)
+        engine = deepspeed_engine.engine_of(model)
         scale = deepspeed_engine.loss_scale(engine) if engine is not None else grad_scaler_scale(self.accelerator)
 
-        def mean_loss() -> torch.Tensor:
-            return self._amp_mean_loss(ascent_model, ascent_inputs, num_items_in_batch)
+        def mean_loss(module: torch.nn.Module, head: dict[str, Any]) -> torch.Tensor:
+            return self._amp_mean_loss(module, head, num_items_in_batch)
 
         with (
             deepspeed_engine.deferred_step(engine),  # DeepSpeed steps inside backward: only once θ is back
-            self._amp.perturbed(ascent_model, params, mean_loss, scale, trainable, engine) as ascent,
+            self._amp.perturbed(model, inputs, mean_loss, scale, engine) as ascent,
             record_function("amp.descent_pass"),
             self._amp_guarded_descent(ascent),
         ):
@@ -279,7 +265,7 @@ class AMPMixin:
             self._amp.fell_back_from(result[0] if isinstance(result, tuple) else result)
             return result
 
-        if not ascent.skipped:
+        if ascent.clean_loss is not None and not ascent.skipped:  # the weights are at θ + Δ
             self.compute_loss = guarded
         try:
             yield

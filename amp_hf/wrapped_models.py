@@ -86,17 +86,11 @@ def has_reentrant_checkpoint(loss: torch.Tensor) -> bool:
 def gradient_by_backward(
     trainable: list[torch.Tensor], loss: torch.Tensor, params: list[torch.Tensor]
 ) -> list[torch.Tensor | None]:
-    """∇loss for `params` by a real backward, leaving the `.grad` of every `trainable` tensor as it was (under FSDP2,
-    the shards, listed before the forward: see `reshard`). Two cases need it:
-
-    - FSDP2: `torch.autograd.grad` cannot reach the sharded parameters, because the forward ran on all-gathered
-      copies (it would report them unused, and zeros would perturb nothing); the gradient reaches the shards only
-      through FSDP's post-backward reduce-scatter into `.grad`, averaged over the processes;
-    - reentrant gradient checkpointing: the checkpoint's backward recomputes its segment and back-propagates it with
-      a nested `backward`, which accumulates into `.grad` and refuses `torch.autograd.grad`.
-    So: move every trainable parameter's `.grad` (the micro-batches accumulated so far) aside, run a real backward,
-    take the fresh gradients and put the old `.grad` back: a swap of references, no copy. (Under DDP the loss comes
-    from the module inside the wrapper, whose gradient hooks are idle outside a DDP forward: nothing is communicated.)
+    """∇loss for `params` by a real backward, leaving the `.grad` of every `trainable` tensor as it was: the earlier
+    micro-batches' `.grad` is moved aside and put back (a swap of references, no copy). Two cases need it: FSDP2,
+    whose forward runs on gathered copies, so the gradient reaches the shards only through its reduce-scatter into
+    `.grad` (averaged over the processes); and reentrant checkpoints, whose nested `backward` refuses
+    `torch.autograd.grad`. (Under DDP the loss comes from the module inside the wrapper: nothing is communicated.)
     """
     kept = [p.grad for p in trainable]
     for p in trainable:
