@@ -168,6 +168,9 @@ def test_bad_inputs_are_refused_before_anything_runs(tmp_path):
     plain = [sys.executable, "-c", "import argparse; argparse.ArgumentParser().parse_args()"]
     with pytest.raises(CompareError, match="does not accept --amp_\\* flags"):
         run_comparison(plain, seeds=[0], candidates=[CANDIDATE], output_dir=out)
+    crashing = [sys.executable, "-c", "import a_package_this_environment_lacks"]  # e.g. not the venv's python
+    with pytest.raises(CompareError, match=r"(?s)exited with code 1 .*No module named 'a_package_this_environment"):
+        run_comparison(crashing, seeds=[0], candidates=[CANDIDATE], output_dir=out)
     assert not (out / "runs").exists()
 
 

@@ -67,6 +67,12 @@ def check_command(command: Sequence[str], env: Mapping[str, str] | None = None, 
     text = done.stdout + done.stderr
     if "--amp_inner_steps" not in text or "--amp_preset" not in text:
         tail = "\n".join(text.strip().splitlines()[-TAIL_LINES:])
+        if done.returncode != 0:  # a crash says nothing about the flags: say what happened instead
+            raise CompareError(
+                f"the command failed before it could show its flags: `{' '.join(probe)} --help` exited with code "
+                f"{done.returncode} (is it run by the Python environment that has your packages?). Its output "
+                f"ended:\n{tail}"
+            )
         raise CompareError(
             f"the command does not accept --amp_* flags: `{' '.join(probe)} --help` does not list --amp_inner_steps "
             "and --amp_preset. compare runs scripts that parse AMPTrainingArguments with HfArgumentParser (the Hugging "
