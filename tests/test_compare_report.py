@@ -78,6 +78,16 @@ def test_test_split_identical_runs_and_a_setting_that_did_not_apply(tmp_path):
     assert any("amp_epsilon=0.5 (asked 0.1)" in w for w in data["warnings"])
 
 
+def test_a_setting_given_as_an_integer_applied_as_a_float_is_not_a_warning(tmp_path):
+    """A JSON candidate's {"amp_inner_lr": 100} trains with the float field's 100.0: the same setting."""
+    candidates = parse_candidates(['{"amp_inner_lr": 100, "amp_exclude": ["bias"]}'])
+    records = {}
+    for seed in (0, 1):
+        for name, amp in (("erm", {"inner_steps": 0}), (candidates[1].name, {"inner_lr": 100.0, "exclude": ["bias"]})):
+            records[(name, seed)] = write_run(tmp_path, name, seed, [0.5, 0.6], best_step=20, test=0.55, amp=amp)
+    assert build_report(candidates, [0, 1], records, []).to_dict()["warnings"] == []
+
+
 def test_a_metric_no_run_has_lists_what_they_have(tmp_path):
     records = {("erm", 0): write_run(tmp_path, "erm", 0, [0.5], best_step=10)}
     with pytest.raises(CompareError, match=r"--metric f1: no run recorded it.*eval_accuracy, eval_loss"):

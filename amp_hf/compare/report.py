@@ -123,6 +123,15 @@ def _expected_config(candidate: Candidate) -> dict[str, Any]:
     return {key.removeprefix("amp_"): value for key, value in values.items()}
 
 
+def _same_setting(used: Any, asked: Any) -> bool:
+    """Whether a run's recorded amp_* value is the one asked for: numbers by value (a JSON candidate's 100 is the
+    float field's 100.0), pattern lists by their items."""
+    if isinstance(used, (list, tuple)) or isinstance(asked, (list, tuple)):
+        return list(used or ()) == list(asked or ())
+    number = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool)  # noqa: E731
+    return float(used) == float(asked) if number(used) and number(asked) else used == asked
+
+
 def _settings_warning(candidate: Candidate, records: Sequence[RunRecord]) -> str | None:
     """A candidate whose runs did not use its settings (a flag that silently did nothing) is named."""
     expected = _expected_config(candidate)
@@ -130,11 +139,7 @@ def _settings_warning(candidate: Candidate, records: Sequence[RunRecord]) -> str
         used = record.amp_config
         if not used:
             continue
-        wrong = {
-            k: (used.get(k), v)
-            for k, v in expected.items()
-            if k in used and json.dumps(used[k]) != json.dumps(list(v) if isinstance(v, tuple) else v)
-        }
+        wrong = {k: (used[k], v) for k, v in expected.items() if k in used and not _same_setting(used[k], v)}
         if wrong:
             parts = ", ".join(f"amp_{k}={got!r} (asked {want!r})" for k, (got, want) in wrong.items())
             return (
