@@ -7,37 +7,17 @@ candidates, `amp_hf.compare` on fresh seeds judges them (docs/search.md has the 
     final_args = best_training_arguments(trainer.args, result)  # your arguments, with the best amp_* values
     print(candidates_argument(result, top=3))  # the --candidates of python -m amp_hf.compare
 
-`trainer.hyperparameter_search` alone gets four things wrong for this question, which `amp_search` fixes by passing
-the Trainer what it needs (its own search, objective reporting and best-metric tracking do the work):
+`trainer.hyperparameter_search` alone gets four things wrong for this question (docs/search.md says how each shows),
+which `amp_search` fixes by handing the Trainer what it needs: the objective is `metric_for_best_model` in the
+direction of `greater_is_better` (`objective_for`, `direction_for`), scored on each trial's best checkpoint; ERM runs
+once, as trial 0 (`study.enqueue_trial`); the user's arguments are put back afterwards, and `best_training_arguments`
+is `dataclasses.replace` of them. Every trial trains with `args.seed`, so trials are paired and the winner's score is
+optimistic: `amp_hf.compare` on seeds the search did not use judges it.
 
-- **Direction.** The Trainer's default objective is the sum of the evaluation metrics (the loss only when there are
-  none), and `direction` defaults to "minimize": with a `compute_metrics` returning accuracy the search minimises
-  accuracy. `objective_for(trainer)` scores on `metric_for_best_model` (the metric the Trainer keeps the best
-  checkpoint on) and `direction_for(args)` follows `greater_is_better`; a contradicting `direction` is refused.
-- **Best checkpoint.** The Trainer computes the objective after each evaluation and a trial's result is the *last*
-  one computed (`run_hp_search_optuna` returns `trainer.objective`). `objective_for` returns the best value so far:
-  the Trainer's own `state.best_metric` (what `load_best_model_at_end` restores) or the evaluation at hand if that
-  is better, so the last value computed is the trial's best-checkpoint value.
-- **ERM once, first.** ERM as one categorical choice ran twice in 6 trials (identical: same seed) and may not run at
-  all in few. `amp_search` enqueues it as trial 0 (`study.enqueue_trial`), and `amp_search_space` no longer offers it.
-- **Your arguments.** The Trainer `setattr`s each trial's values on your arguments object and never resets them;
-  `amp_search` puts your values back afterwards, and `best_training_arguments` is `dataclasses.replace` of your
-  arguments with the best `amp_*` values (learning rate, epochs, evaluation and checkpoint settings kept).
-
-Every trial trains with `args.seed` (the Trainer seeds each trial's `model_init` with it): the trials are paired, so
-two settings differ by their effect and not by their initialisation. The winner is chosen *on* that seed, so its
-score is optimistic; `amp_hf.compare` on seeds the search did not use says whether it beats ERM.
-
-Two things about how the Trainer applies a trial (transformers 5.x and 4.57, `Trainer._hp_search_setup`) shape the
-space:
-
-- It `setattr`s each returned key on the *same* `TrainingArguments` object, trial after trial, and never resets it.
-  A key that one trial sets and the next leaves out keeps the old trial's value. So every AMP branch returns all of
-  `amp_inner_steps`, `amp_norm`, `amp_epsilon` and `amp_inner_lr` (the ERM trial sets `amp_inner_steps=0`, and the
-  next AMP trial must set it back), and an `extra` space must return the same keys on every trial.
-- Optuna needs a parameter name's distribution fixed for the whole study, so each ball samples its ε under its own name
-  (`amp_epsilon_global`, ...). The `BestRun` the Trainer returns holds these raw Optuna parameters, not the
-  `amp_*` arguments: `best_amp_arguments` maps them back.
+The Trainer `setattr`s each trial's values on the same arguments object and never resets them, so every AMP trial
+returns all of `amp_inner_steps`, `amp_norm`, `amp_epsilon` and `amp_inner_lr`; Optuna needs one distribution per
+parameter name, so each ball samples its ε under its own name (`amp_epsilon_global`, ...), which
+`best_amp_arguments` maps back.
 
 Optuna is an optional dependency (`pip install "amp-hf[search]"`); this module imports it only where it must.
 """
