@@ -1,5 +1,5 @@
 # The two commands of the README:  `make demo`  (amp_hf.compare: plain ERM against AMP's preset cnn_long_noisy on a CNN
-# that memorises noisy labels, 2 paired seeds, both early-stopped; about 145 CPU seconds: 92 s on 2 idle cores,
+# that memorises noisy labels, 2 paired seeds, both early-stopped; 100-145 CPU seconds: 57-93 s on 2 idle cores,
 # 149-221 s beside other jobs; offline)  and
 # `make test`  (ruff and the test suite).
 # Both create .venv on first use (pinned by constraints.txt) and reuse it afterwards; the demo installs only what it

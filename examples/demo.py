@@ -1,5 +1,5 @@
-"""`make demo`: does AMP beat the baseline you already have? `amp_hf.compare` answers it on a small CNN, in about
-145 CPU seconds on 2 cores (92 s of wall time on an idle machine; docs/demo.md).
+"""`make demo`: does AMP beat the baseline you already have? `amp_hf.compare` answers it on a small CNN, in 100-145
+CPU seconds on 2 cores (57-93 s of wall time on idle machines; docs/demo.md).
 
 AMP here is Adversarial Model Perturbation (a regulariser), not automatic mixed precision. The demo hands an
 ordinary Hugging Face training script (`examples/demo_train.py`) to `amp_hf.compare.run_comparison`, which runs it
