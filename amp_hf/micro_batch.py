@@ -1,11 +1,11 @@
 """One AMP micro-batch, whatever drives it: everything around the paper's box (`perturbation.perturbed_weights`).
 
 AMPTrainer (`trainer.py`) and the custom-loop API (`loop.py`) each own one `MicroBatchAMP` and supply only the
-micro-batch's mean loss, the model and the optimizer step they are at. Here, once: the gradient at the current
-weights (`gradient`), FSDP2's preparation (`prepare`), the running statistics, skip decisions and the descent's
-fallback (`fall_back`), θ's buffers, what is perturbed (`parameters`, `announce`, `warn_if_defaults_misfit`), the
-metrics (`METRIC_NAMES`) and the optimizer-step hooks, which act only inside the owner's block and only on
-optimizers holding its perturbed parameters (`_before_step`).
+micro-batch, its mean-loss function, the model and the optimizer step they are at. Here, once: unwrapping, FSDP2's
+preparation and the ascent's head (`perturbed`), the gradient at the current weights (`gradient`), the running
+statistics, skip decisions and the descent's fallback (`fall_back`), θ's buffers, what is perturbed (`parameters`,
+`announce`, `warn_if_defaults_misfit`), the metrics (`METRIC_NAMES`) and the optimizer-step hooks, which act only
+inside the owner's block and only on optimizers holding its perturbed parameters (`_before_step`).
 """
 
 from __future__ import annotations
@@ -172,7 +172,6 @@ class MicroBatchAMP:
             # the sharded `.grad`); the Trainer's `no_sync` and accelerate's `accumulate` set it back when they exit.
             module.set_requires_gradient_sync(True)
         head = head_of_batch(batch, self.config.ascent_fraction)
-        mean_loss = lambda: loss_of(module, head)  # noqa: E731
         self._hook_once()
         self._perturbed_ids = frozenset(id(p) for p in params)
         saved = self._theta.for_params(params)
@@ -180,7 +179,7 @@ class MicroBatchAMP:
             passes: list[None] = []
 
             def gradient() -> tuple[torch.Tensor, list[torch.Tensor]]:
-                loss_and_grads = self.gradient(module, mean_loss, params, scale, trainable, engine)
+                loss_and_grads = self.gradient(module, lambda: loss_of(module, head), params, scale, trainable, engine)
                 if not passes:  # the micro-batch's one running-statistics update: the clean pass's, at θ
                     clean_pass_done()
                 passes.append(None)

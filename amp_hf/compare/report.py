@@ -128,8 +128,9 @@ def _same_setting(used: Any, asked: Any) -> bool:
     float field's 100.0), pattern lists by their items."""
     if isinstance(used, (list, tuple)) or isinstance(asked, (list, tuple)):
         return list(used or ()) == list(asked or ())
-    number = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool)  # noqa: E731
-    return float(used) == float(asked) if number(used) and number(asked) else used == asked
+    if all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (used, asked)):
+        return float(used) == float(asked)
+    return used == asked
 
 
 def _settings_warning(candidate: Candidate, records: Sequence[RunRecord]) -> str | None:
