@@ -198,8 +198,9 @@ class AMP:
                 "Close one block before opening the next; for two models, build one AMP object per model."
             )
         step, loss_fn = self.optimizer_steps, loss_fn or self.loss_fn
-        scale = grad_scaler_scale(self.accelerator)
-        ascent = self._amp.perturbed(self.model, batch, loss_fn, scale) if self.config.applies_at(step) else None
+        ascent = None
+        if self.config.applies_at(step):  # the scale is read on AMP steps only: on a GPU, reading it syncs
+            ascent = self._amp.perturbed(self.model, batch, loss_fn, grad_scaler_scale(self.accelerator))
         self._open = True
         try:
             with ascent or nullcontext(AscentResult()) as result:
