@@ -716,7 +716,7 @@ def markdown(judged: list[Judged]) -> str:
     lines += [_summary_row(j) for j in judged if README in j.family.where or EVIDENCE in j.family.where]
     lines += ["", "## Every family", ""]
     for fam in families():
-        rows = [j for j in judged if j.family is fam]
+        rows = [j for j in judged if j.family.name == fam.name]
         sources = {s.describe().split(":")[0] for j in rows for s in (j.claim.candidate, j.claim.baseline) if s}
         where = ", ".join(f"`{w}`" for w in fam.where)
         lines += [f"### {fam.name}", "", f"Stated in {where}; per-seed numbers in " + ", ".join(
