@@ -8,7 +8,17 @@ import json
 import pytest
 
 from amp_hf.compare.statistics import NO_EVIDENCE, TOO_FEW_SEEDS, paired_difference
-from benchmarks.claims import EVIDENCE, README, RESULTS, families, judge_all, markdown, stated_agrees, write
+from benchmarks.claims import (
+    EVIDENCE,
+    README,
+    RESULTS,
+    families,
+    judge_all,
+    markdown,
+    missing_from_docs,
+    stated_agrees,
+    write,
+)
 
 
 @pytest.fixture(scope="module")
@@ -20,6 +30,11 @@ def test_every_stated_number_agrees_with_its_records(judged):
     wrong = [(j.family.name, j.claim.label, j.claim.stated) for j in judged if j.agrees is False]
     assert not wrong
     assert sum(j.agrees is True for j in judged) >= 100  # nearly every claim states a checkable number
+
+
+def test_every_stated_number_is_in_the_docs_that_state_it():
+    """A doc edited without its claim here (or a claim no doc states any more) is caught."""
+    assert missing_from_docs() == []
 
 
 def test_the_committed_table_is_what_the_records_give(judged, tmp_path):
