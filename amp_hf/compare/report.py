@@ -41,7 +41,7 @@ class Baseline:
             wins=s.get("wins"),
             n=s.get("n"),
             verdict=s.get("verdict"),
-            detectable=s.get("detectable"),
+            half_width=s.get("half_width"),
             verdict_reason=s.get("reason"),
             differences={str(k): v for k, v in zip(s.get("seeds", []), s.get("differences", []))} if s else None,
         )
@@ -317,7 +317,7 @@ def _table(report: ComparisonReport, final: bool) -> list[str]:
         ci = "—" if b["ci95"] is None else f"[{_number(b['ci95'][0])}, {_number(b['ci95'][1])}]"
         lines.append(
             f"| {c.name} | {settings} | {spread} | {_number(b['mean_difference'])} ± {_number(b['std_difference'])} "
-            f"| {ci} | {b['wins']}/{b['n']} | **{b['verdict']}** | {_number(b['detectable'])} "
+            f"| {ci} | {b['wins']}/{b['n']} | **{b['verdict']}** | {_number(b['half_width'])} "
             f"| {_number(c.time_ratio)} |"
         )
     return lines
