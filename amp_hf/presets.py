@@ -35,7 +35,11 @@ KINDS = (RECOMMENDATION, METHOD)
 EVIDENCE_FILE = "benchmarks/results/recommended.json"
 """The file, relative to the repository root, where the studies write the settings they chose and their numbers."""
 
-SCALAR_ARGUMENTS: tuple[str, ...] = tuple(f"amp_{f.name}" for f in fields(AMPConfig) if f.name not in PATTERN_FIELDS)
+SETTING_NAMES: tuple[str, ...] = tuple(f"amp_{f.name}" for f in fields(AMPConfig))
+"""Every `amp_*` setting (the fields of `AMPTrainingArguments` but `amp_preset`), as `resolve` takes them."""
+SCALAR_ARGUMENTS: tuple[str, ...] = tuple(
+    name for name in SETTING_NAMES if name.removeprefix("amp_") not in PATTERN_FIELDS
+)
 """The `amp_*` arguments a preset sets: all but the parameter patterns (`amp_include`, `amp_exclude`), which depend on
 the model's parameter names and stay the user's."""
 
@@ -223,8 +227,22 @@ def get_preset(name: str) -> dict[str, Any]:
     return find_preset(name).arguments()
 
 
+def resolve(preset: str | None = None, explicit: Mapping[str, Any] | None = None) -> AMPConfig:
+    """The validated `AMPConfig` of `preset` (a name or `name@version`; None: the reference defaults) with the
+    `explicit` `amp_*` values (`{"amp_epsilon": 0.1}`) winning over the preset's, also when equal to the defaults.
+
+    The one place where a preset and explicit settings become AMP's settings: `AMPTrainingArguments`, the custom-loop
+    `AMP`, `preset_config` and compare's candidates and report all call it, so they cannot disagree on what a preset
+    plus a flag means. Unknown names and bad values are refused with a ValueError naming the `amp_*` field."""
+    given = dict(explicit or {})
+    unknown = sorted(set(given) - set(SETTING_NAMES))
+    if unknown:
+        raise ValueError(f"unknown setting(s) {unknown}; allowed: {', '.join(SETTING_NAMES)}")
+    values = {**(DEFAULT_ARGUMENTS if preset is None else find_preset(preset).arguments()), **given}
+    return AMPConfig(**{name.removeprefix("amp_"): value for name, value in values.items()})
+
+
 def preset_config(name: str, **explicit: Any) -> AMPConfig:
     """The validated `AMPConfig` of preset `name`, with `explicit` settings (AMPConfig's names: `epsilon=0.1`, ...)
     winning over the preset's, as explicit `amp_*` arguments do: for code that builds AMP outside the Trainer."""
-    values = {key.removeprefix("amp_"): value for key, value in get_preset(name).items()}
-    return AMPConfig(**{**values, **explicit})
+    return resolve(name, {f"amp_{key}": value for key, value in explicit.items()})

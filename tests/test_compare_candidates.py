@@ -50,3 +50,22 @@ def test_seeds():
         check_seeds([])
     with pytest.raises(CompareError, match="lists 1 more than once"):
         check_seeds([1, 2, 1])
+
+
+def test_expected_settings_are_the_resolved_ones():
+    """What the report checks a run against: the candidate resolved as its runs resolve it (every setting, not only
+    the ones it names; the patterns only when it sets them; for ERM only what turns AMP off)."""
+    small = parse_candidate('{"amp_epsilon": 0.1}')
+    assert small.expected_settings() == {
+        "epsilon": 0.1,
+        "inner_steps": 1,
+        "inner_lr": 1.0,
+        "norm": "tensor",
+        "interval": 1,
+        "start_step": 0,
+        "ascent_fraction": 1.0,
+    }
+    assert parse_candidate("cnn_long_noisy@1").expected_settings()["ascent_fraction"] == 0.125
+    assert parse_candidate('{"amp_exclude": ["bias"]}').expected_settings()["exclude"] == ("bias",)
+    assert parse_candidate("erm").expected_settings() == {"inner_steps": 0}
+    assert parse_candidate('{"amp_epsilon": 0}').expected_settings() == {"epsilon": 0.0}

@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from ..config import PATTERN_FIELDS, AMPConfig
-from ..presets import DEFAULT_ARGUMENTS, ERM, SCALAR_ARGUMENTS, find_preset
+from ..presets import ERM, SCALAR_ARGUMENTS, find_preset, resolve
 from ..presets import names as preset_names
 
 ERM_NAME = "erm"
@@ -60,6 +60,24 @@ class Candidate:
     def is_erm(self) -> bool:
         return self.name == ERM_NAME
 
+    @property
+    def config(self) -> AMPConfig:
+        """The settings its runs train with (the patterns the candidate does not set are the command's)."""
+        return resolved(self.arguments)
+
+    def expected_settings(self) -> dict[str, Any]:
+        """What its runs' recorded AMPConfig must show (AMPConfig's names): every setting when AMP is on (the patterns
+        only where the candidate sets them: otherwise they are the command's); when it is off, what turns it off."""
+        config = self.config
+        if not config.enabled:
+            return {"inner_steps": 0} if config.inner_steps == 0 else {"epsilon": 0.0}
+        given = {key.removeprefix("amp_") for key in self.arguments}
+        return {
+            field.name: getattr(config, field.name)
+            for field in fields(config)
+            if field.name not in PATTERN_FIELDS or field.name in given
+        }
+
 
 ERM_CANDIDATE = Candidate(ERM_NAME, dict(ERM))
 
@@ -72,15 +90,17 @@ def _check_arguments(arguments: Mapping[str, Any], where: str) -> None:
             f"candidate {where}: {', '.join(map(repr, unknown))} is not an amp_* argument; a JSON candidate sets "
             f"only {', '.join(AMP_ARGUMENTS)}"
         )
-    base = dict(DEFAULT_ARGUMENTS)
     try:
-        if "amp_preset" in arguments:
-            base = find_preset(arguments["amp_preset"]).arguments()
-        values = {**base, **arguments}
-        values.pop("amp_preset", None)
-        AMPConfig(**{key.removeprefix("amp_"): value for key, value in values.items()})
+        resolved(arguments)
     except (ValueError, TypeError) as error:
         raise CompareError(f"candidate {where}: {error}") from None
+
+
+def resolved(arguments: Mapping[str, Any]) -> AMPConfig:
+    """The settings a candidate's `amp_*` arguments give (its `amp_preset`, if any, under the others), by the one
+    resolver the training arguments use."""
+    explicit = {key: value for key, value in arguments.items() if key != "amp_preset"}
+    return resolve(arguments.get("amp_preset"), explicit)
 
 
 def _slug(arguments: Mapping[str, Any]) -> str:
