@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from amp_hf.compare.candidates import CompareError, check_seeds, parse_candidate, parse_candidates
+from amp_hf.compare.candidates import CompareError, check_seeds, merge_notes, parse_candidate, parse_candidates
 
 
 def test_erm_first_then_presets_and_json_with_stable_names():
@@ -69,3 +69,47 @@ def test_expected_settings_are_the_resolved_ones():
     assert parse_candidate('{"amp_exclude": ["bias"]}').expected_settings()["exclude"] == ("bias",)
     assert parse_candidate("erm").expected_settings() == {"inner_steps": 0}
     assert parse_candidate('{"amp_epsilon": 0}').expected_settings() == {"epsilon": 0.0}
+
+
+def test_candidates_with_the_same_resolved_settings_are_merged_with_a_note():
+    """7 spellings of 2 settings train 2 candidates: another key order, a preset twice, a JSON object equal to a
+    preset, and every ERM preset (merged into erm, adding no comparison)."""
+    specs = [
+        '{"amp_norm": "global", "amp_epsilon": 0.05}',
+        '{"amp_epsilon": 0.05, "amp_norm": "global", "amp_inner_lr": 1}',  # the default inner_lr, spelled out
+        "cnn_long_noisy",
+        "cnn_long_noisy@1",
+        '{"amp_ascent_fraction": 0.125}',  # what cnn_long_noisy sets
+        "finetune",
+        "cnn",
+        "vit_from_scratch",
+        "text_finetune",
+        '{"amp_epsilon": 0}',
+        "erm",
+    ]
+    parsed = parse_candidates(specs)
+    assert [c.name for c in parsed] == ["erm", "global-eps0.05", "cnn_long_noisy"]
+    assert [c.name for c in parsed[0].merged] == ["finetune", "cnn", "vit_from_scratch", "text_finetune", "eps0"]
+    assert [c.name for c in parsed[1].merged] == ["eps0.05-global-lr1"]
+    assert [c.name for c in parsed[2].merged] == ["cnn_long_noisy@1", "f0.125"]
+    notes = merge_notes(parsed)
+    assert len(notes) == 3
+    assert notes[0].startswith('finetune, cnn, vit_from_scratch, text_finetune, eps0 {"amp_epsilon": 0}: plain ERM')
+    assert "compared as erm" in notes[0]
+    assert 'f0.125 {"amp_ascent_fraction": 0.125}: the same settings as cnn_long_noisy' in notes[2]
+    assert merge_notes(parse_candidates(["sam", "asam"])) == []
+
+
+def test_patterns_left_to_the_command_are_not_the_candidates_own():
+    """A candidate that sets amp_exclude differs from one that leaves it to the command's flags; only AMP's off switch
+    makes every pattern irrelevant."""
+    parsed = parse_candidates(['{"amp_epsilon": 0.1}', '{"amp_epsilon": 0.1, "amp_exclude": ["bias"]}'])
+    assert len(parsed) == 3
+    parsed = parse_candidates(['{"amp_inner_steps": 0, "amp_exclude": ["bias"]}'])
+    assert len(parsed) == 1 and len(parsed[0].merged) == 1
+
+
+def test_one_name_for_two_settings_is_refused_even_when_one_is_erm():
+    with pytest.raises(CompareError, match="two candidates are named 'erm'"):
+        parse_candidates(['erm={"amp_epsilon": 0.1}'])
+    assert [c.name for c in parse_candidates(['x={"amp_epsilon": 0.1}', 'x={"amp_epsilon": 0.1}'])] == ["erm", "x"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from ..config import PATTERN_FIELDS, AMPConfig
@@ -47,6 +47,8 @@ class Candidate:
     name: str
     arguments: Mapping[str, Any]
     """{"amp_preset": "cnn_long_noisy"}, {"amp_inner_steps": 0} (ERM) or the JSON object's amp_* arguments."""
+    merged: tuple[Candidate, ...] = field(default=(), compare=False)
+    """The candidates given with the same resolved settings, run and compared as this one (`merge_notes` says so)."""
 
     def flags(self) -> list[str]:
         """The command-line flags of `arguments`, as HfArgumentParser reads them (a list is separate words)."""
@@ -65,6 +67,24 @@ class Candidate:
         """The settings its runs train with (the patterns the candidate does not set are the command's)."""
         return resolved(self.arguments)
 
+    def settings_key(self) -> tuple | None:
+        """What decides its runs' training, for finding duplicates: None for plain ERM (AMP off, whatever else is
+        set), else every resolved setting, the patterns it leaves to the command marked as such."""
+        config = self.config
+        if not config.enabled:
+            return None
+        given = {key.removeprefix("amp_") for key in self.arguments}
+        return tuple(
+            (f.name, getattr(config, f.name) if f.name not in PATTERN_FIELDS or f.name in given else "the command's")
+            for f in fields(config)
+        )
+
+    def describe(self) -> str:
+        """Its name, with its arguments when the name does not say them (a JSON candidate)."""
+        if set(self.arguments) == {"amp_preset"} and self.arguments["amp_preset"] == self.name:
+            return self.name
+        return f"{self.name} {json.dumps(dict(self.arguments))}"
+
     def expected_settings(self) -> dict[str, Any]:
         """What its runs' recorded AMPConfig must show (AMPConfig's names): every setting when AMP is on (the patterns
         only where the candidate sets them: otherwise they are the command's); when it is off, what turns it off."""
@@ -73,9 +93,7 @@ class Candidate:
             return {"inner_steps": 0} if config.inner_steps == 0 else {"epsilon": 0.0}
         given = {key.removeprefix("amp_") for key in self.arguments}
         return {
-            field.name: getattr(config, field.name)
-            for field in fields(config)
-            if field.name not in PATTERN_FIELDS or field.name in given
+            f.name: getattr(config, f.name) for f in fields(config) if f.name not in PATTERN_FIELDS or f.name in given
         }
 
 
@@ -150,22 +168,42 @@ def parse_candidate(spec: str | Mapping[str, Any]) -> Candidate:
 
 
 def parse_candidates(specs: Sequence[str | Mapping[str, Any]]) -> list[Candidate]:
-    """ERM first, then each candidate once (a repeated ERM is dropped); two candidates with one name are refused."""
+    """ERM first, then each distinct setting once: a candidate whose resolved settings equal an earlier one's (the same
+    JSON in another key order, a preset spelled twice, a JSON object equal to a preset) is merged into it, and one that
+    turns AMP off (the ERM presets finetune, cnn, ...) into ERM, so nothing trains twice or adds a comparison to the
+    family; `merge_notes` says which were merged. Two different settings under one name are refused."""
     out = [ERM_CANDIDATE]
     for spec in specs:
         candidate = parse_candidate(spec)
-        if candidate.is_erm and dict(candidate.arguments) == dict(ERM):
-            continue
+        key = candidate.settings_key()
         clash = next((c for c in out if c.name == candidate.name), None)
-        if clash is not None:
-            if dict(clash.arguments) == dict(candidate.arguments):
-                continue
+        if clash is not None and clash.settings_key() != key:
             raise CompareError(
                 f"two candidates are named {candidate.name!r} ({dict(clash.arguments)} and "
                 f"{dict(candidate.arguments)}): name one with name=JSON"
             )
-        out.append(candidate)
+        same = next((i for i, c in enumerate(out) if c.settings_key() == key), None)
+        if same is None:
+            out.append(candidate)
+        elif out[same].name != candidate.name and candidate.name not in {m.name for m in out[same].merged}:
+            out[same] = replace(out[same], merged=(*out[same].merged, candidate))
     return out
+
+
+def merge_notes(candidates: Sequence[Candidate]) -> list[str]:
+    """One line per candidate that others were merged into (parse_candidates), for the report and the console."""
+    notes = []
+    for candidate in candidates:
+        if not candidate.merged:
+            continue
+        names = ", ".join(c.describe() for c in candidate.merged)
+        if candidate.settings_key() is None:
+            notes.append(f"{names}: plain ERM (AMP off), so not trained again: compared as {candidate.name}")
+        else:
+            notes.append(
+                f"{names}: the same settings as {candidate.describe()}, trained and compared once, as {candidate.name}"
+            )
+    return notes
 
 
 def check_seeds(seeds: Sequence[int]) -> list[int]:
