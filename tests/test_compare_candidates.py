@@ -3,9 +3,18 @@ naming the key or value, before anything runs."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
-from amp_hf.compare.candidates import CompareError, check_seeds, merge_notes, parse_candidate, parse_candidates
+from amp_hf.compare.candidates import (
+    CompareError,
+    amp_flags_in,
+    check_seeds,
+    merge_notes,
+    parse_candidate,
+    parse_candidates,
+)
 
 
 def test_erm_first_then_presets_and_json_with_stable_names():
@@ -113,3 +122,42 @@ def test_one_name_for_two_settings_is_refused_even_when_one_is_erm():
     with pytest.raises(CompareError, match="two candidates are named 'erm'"):
         parse_candidates(['erm={"amp_epsilon": 0.1}'])
     assert [c.name for c in parse_candidates(['x={"amp_epsilon": 0.1}', 'x={"amp_epsilon": 0.1}'])] == ["erm", "x"]
+
+
+@pytest.mark.parametrize(
+    ("words", "setting"),
+    [
+        (["--amp_epsilon", "0.1"], "amp_epsilon"),
+        (["--amp-epsilon", "0.1"], "amp_epsilon"),
+        (["--amp_eps", "0.1"], "amp_epsilon"),
+        (["--amp_eps=0.1"], "amp_epsilon"),
+        (["--amp-inner-steps=2"], "amp_inner_steps"),
+        (["--amp_pre", "sam"], "amp_preset"),
+        (["--amp-preset", "sam"], "amp_preset"),
+        (["--amp_preset=sam"], "amp_preset"),
+        (["--amp_n", "global"], "amp_norm"),
+        (["--amp_as", "0.5"], "amp_ascent_fraction"),
+    ],
+)
+def test_every_spelling_the_scripts_parser_accepts_is_refused(tmp_path, words, setting):
+    """Each spelling does change the setting in the script's own HfArgumentParser, and check_command refuses it
+    before running anything (today's check knew only the exact `--amp_epsilon`)."""
+    from transformers import HfArgumentParser
+
+    from amp_hf import AMPTrainingArguments
+    from amp_hf.compare.command import check_command
+
+    (args,) = HfArgumentParser(AMPTrainingArguments).parse_args_into_dataclasses(
+        ["--output_dir", str(tmp_path), *words]
+    )
+    assert setting in args.amp_given or (setting == "amp_preset" and args.amp_preset == "sam")
+    with pytest.raises(CompareError, match=f"the command sets {re.escape(words[0])}.*which the candidates set"):
+        check_command(["python", "train.py", "--do_train", *words])
+
+
+def test_the_patterns_ambiguous_prefixes_and_other_flags_stay_allowed():
+    command = "python train.py --amp_include norm --amp-exclude bias --amp_excl x --amp_e 3 --amp 1 --lr 1 --amp_x"
+    assert amp_flags_in(command.split()) == {}
+    assert amp_flags_in(["accelerate", "launch", "train.py", "--amp_inner_steps=3"]) == {
+        "--amp_inner_steps=3": "amp_inner_steps"
+    }

@@ -3,11 +3,13 @@ validated before anything runs and turned into the flags appended to the user's 
 
 from __future__ import annotations
 
+import argparse
+import functools
 import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, NoReturn
 
 from ..config import PATTERN_FIELDS, AMPConfig
 from ..presets import ERM, SCALAR_ARGUMENTS, find_preset, resolve
@@ -18,8 +20,8 @@ ERM_NAME = "erm"
 
 AMP_ARGUMENTS: tuple[str, ...] = (*SCALAR_ARGUMENTS, *(f"amp_{p}" for p in PATTERN_FIELDS), "amp_preset")
 """Every argument a JSON candidate may set."""
-SCALAR_FLAGS = frozenset({*(f"--{name}" for name in SCALAR_ARGUMENTS), "--amp_preset"})
-"""The flags the candidates set, which the user's command must leave to them."""
+CANDIDATE_SETTINGS = frozenset({*SCALAR_ARGUMENTS, "amp_preset"})
+"""The arguments the candidates set, which the user's command must leave to them (the patterns may stay in it)."""
 
 _SHORT = {
     "amp_epsilon": "eps",
@@ -216,3 +218,64 @@ def check_seeds(seeds: Sequence[int]) -> list[int]:
     if repeated:
         raise CompareError(f"--seeds lists {', '.join(map(str, repeated))} more than once")
     return list(seeds)
+
+
+class _Unresolved(Exception):
+    """An option argparse cannot resolve to one argument (an ambiguous abbreviation)."""
+
+
+class _Probe(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise _Unresolved(message)
+
+
+@functools.cache
+def _probe() -> argparse.ArgumentParser:
+    """A parser with the options of `HfArgumentParser(AMPTrainingArguments)`, as a script that parses
+    AMPTrainingArguments builds it (dashed aliases, `--no_*` switches), and argparse's own abbreviation rules; each
+    option takes any number of words, so that reading a word never fails on a value."""
+    from transformers import HfArgumentParser
+
+    from ..training_args import AMPTrainingArguments
+
+    script = HfArgumentParser(AMPTrainingArguments)
+    probe = _Probe(add_help=False, allow_abbrev=script.allow_abbrev, prefix_chars=script.prefix_chars)
+    for action in script._actions:
+        if action.option_strings and not isinstance(action, argparse._HelpAction):
+            probe.add_argument(*action.option_strings, dest=action.dest, nargs="*", default=None)
+    return probe
+
+
+def amp_flags_in(command: Sequence[str]) -> dict[str, str]:
+    """The words of `command` that the script's parser would read as an argument the candidates set, each with that
+    argument (`{"--amp_eps": "amp_epsilon", "--amp-preset=sam": "amp_preset"}`): any spelling argparse accepts, the
+    dashed one, an abbreviation, `--flag=value`. An ambiguous abbreviation is not one: the script's parser refuses it
+    (or means a flag of its own by it). `--amp_include` / `--amp_exclude` are the command's to set."""
+    probe = _probe()
+    found = {}
+    for word in command:
+        if not word[:1] or word[0] not in probe.prefix_chars:
+            continue
+        try:
+            namespace, _ = probe.parse_known_args([word])
+        except _Unresolved:
+            continue
+        taken = [name for name in CANDIDATE_SETTINGS if getattr(namespace, name, None) is not None]
+        if taken:
+            found[word] = taken[0]
+    return found
+
+
+def check_amp_flags(command: Sequence[str]) -> None:
+    """Refuses a command that sets what the candidates set, in any spelling its parser accepts: it would silently
+    change every candidate (argparse keeps the last value, but a preset in the command changes what the candidates'
+    explicit values leave out), and the report would label the runs wrongly."""
+    found = amp_flags_in(command)
+    if found:
+        words = ", ".join(
+            word if word.split("=")[0] == f"--{name}" else f"{word} (= --{name})" for word, name in found.items()
+        )
+        raise CompareError(
+            f"the command sets {words}, which the candidates set: put such settings in a JSON candidate "
+            "(e.g. '{\"amp_epsilon\": 0.1}'); only the parameter patterns (--amp_include / --amp_exclude) may stay"
+        )
