@@ -41,6 +41,11 @@ def test_erm_first_then_presets_and_json_with_stable_names():
         ("[1, 2]", "neither a preset"),
         ("{}", "reference defaults"),
         ('a b={"amp_epsilon": 0.1}', "candidate name 'a b'"),
+        ('.={"amp_epsilon": 0.1}', "candidate name '.'.*outside the runs folder"),
+        ('..={"amp_epsilon": 0.1}', "candidate name '..'.*not only dots"),
+        ('{"amp_exclude": []}', "amp_exclude is an empty list.*leave the key out"),
+        ('{"amp_include": [], "amp_epsilon": 0.1}', "amp_include is an empty list"),
+        ('{"amp_exclude": ["bias", "-x"]}', "amp_exclude entry '-x' starts with '-'"),
     ],
 )
 def test_bad_candidates_are_refused_naming_the_problem(spec, message):
@@ -59,6 +64,10 @@ def test_seeds():
         check_seeds([])
     with pytest.raises(CompareError, match="lists 1 more than once"):
         check_seeds([1, 2, 1])
+    assert check_seeds([0, 2**32 - 1]) == [0, 2**32 - 1]
+    for bad in (-1, 2**32):
+        with pytest.raises(CompareError, match=f"--seeds: {bad} is outside 0 to 2\\*\\*32 - 1: .*numpy"):
+            check_seeds([0, bad])
 
 
 def test_expected_settings_are_the_resolved_ones():

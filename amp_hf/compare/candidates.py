@@ -38,6 +38,10 @@ _SHORT = {
 """Slug parts: `{"amp_norm": "global", "amp_epsilon": 0.05}` is named `global-eps0.05`."""
 
 
+MAX_SEED = 2**32 - 1
+"""The largest seed numpy accepts (`transformers.set_seed` passes the seed to `np.random.seed`), the smallest is 0."""
+
+
 class CompareError(ValueError):
     """Bad input to compare (a candidate, the command, a seed, a metric): the message names it and what is allowed."""
 
@@ -131,6 +135,34 @@ def _slug(arguments: Mapping[str, Any]) -> str:
     return re.sub(r"[^A-Za-z0-9._@+=-]", "_", "-".join(parts)) or "amp-defaults"
 
 
+def _check_name(name: str) -> None:
+    """A candidate's name is one folder inside the runs folder (runs/<name>): never `.`, `..` or a path."""
+    if not re.fullmatch(r"[A-Za-z0-9._@+-]+", name) or not name.strip("."):
+        raise CompareError(
+            f"candidate name {name!r}: use letters, digits and . _ @ + -, and not only dots (it names the folder "
+            "runs/<name>, which '.' or '..' would put outside the runs folder)"
+        )
+
+
+def _check_patterns(arguments: Mapping[str, Any], where: str) -> None:
+    """Refuses pattern lists the command line cannot carry: an empty one (the flag without words, which the script's
+    parser refuses after the runs start) and a pattern starting with '-' (read as a flag)."""
+    for key in (f"amp_{p}" for p in PATTERN_FIELDS):
+        value = arguments.get(key)
+        if isinstance(value, (list, tuple)) and not value:
+            raise CompareError(
+                f"candidate {where}: {key} is an empty list, the flag --{key} without a pattern, which the script's "
+                "parser refuses; leave the key out for no patterns, or list at least one regular expression"
+            )
+        patterns = [value] if isinstance(value, str) else value if isinstance(value, (list, tuple)) else []
+        dashed = [p for p in patterns if isinstance(p, str) and p.startswith("-")]
+        if dashed:
+            raise CompareError(
+                f"candidate {where}: {key} entry {dashed[0]!r} starts with '-', which the script's parser reads as a "
+                "flag; write the pattern without a leading '-' (e.g. '[-]' for a literal dash)"
+            )
+
+
 def parse_candidate(spec: str | Mapping[str, Any]) -> Candidate:
     """A candidate from a preset name ("cnn_long_noisy", "name@1"), "erm", a JSON object of amp_* arguments (a string
     or a mapping), or "name=JSON" to name a JSON candidate. A CompareError names what is wrong."""
@@ -142,8 +174,7 @@ def parse_candidate(spec: str | Mapping[str, Any]) -> Candidate:
         head, eq, tail = text.partition("=")
         if eq and tail.lstrip().startswith("{") and not head.lstrip().startswith("{"):
             name, text = head.strip(), tail.strip()
-            if not re.fullmatch(r"[A-Za-z0-9._@+-]+", name):
-                raise CompareError(f"candidate name {name!r}: use letters, digits and . _ @ + - (it names a folder)")
+            _check_name(name)
         if not text.startswith("{"):
             if text == ERM_NAME:
                 return ERM_CANDIDATE
@@ -166,7 +197,10 @@ def parse_candidate(spec: str | Mapping[str, Any]) -> Candidate:
     if not arguments:
         raise CompareError("an empty candidate {} is AMP's reference defaults: name them as the preset 'reference'")
     _check_arguments(arguments, repr(spec))
-    return Candidate(name or _slug(arguments), arguments)
+    _check_patterns(arguments, repr(spec))
+    name = name or _slug(arguments)
+    _check_name(name)
+    return Candidate(name, arguments)
 
 
 def parse_candidates(specs: Sequence[str | Mapping[str, Any]]) -> list[Candidate]:
@@ -209,11 +243,18 @@ def merge_notes(candidates: Sequence[Candidate]) -> list[str]:
 
 
 def check_seeds(seeds: Sequence[int]) -> list[int]:
-    """The seeds as ints, refusing none, duplicates and non-integers (a seed is a pairing: each is run once)."""
+    """The seeds as ints, refusing none, duplicates, non-integers (a seed is a pairing: each is run once) and seeds
+    numpy refuses (below 0, above 2**32 - 1)."""
     if not seeds:
         raise CompareError("--seeds: give at least one seed (two or more for a confidence interval)")
     if any(isinstance(s, bool) or not isinstance(s, int) for s in seeds):
         raise CompareError(f"--seeds must be integers, got {list(seeds)!r}")
+    outside = [s for s in seeds if not 0 <= s <= MAX_SEED]
+    if outside:
+        raise CompareError(
+            f"--seeds: {', '.join(map(str, outside))} is outside 0 to 2**32 - 1: the Trainer seeds numpy with it, "
+            "which refuses a negative seed (or a larger one) only once the run has started"
+        )
     repeated = sorted({s for s in seeds if list(seeds).count(s) > 1})
     if repeated:
         raise CompareError(f"--seeds lists {', '.join(map(str, repeated))} more than once")
