@@ -119,6 +119,17 @@ def test_resolve_refuses_unknown_settings_and_bad_values_naming_them():
         presets_module.resolve("nope")
 
 
+def test_the_reference_defaults_warning_describes_each_preset_as_what_it_is():
+    """The warning offered 'text_finetune' as "a small ball for text fine-tuning"; that preset is plain ERM."""
+    from amp_hf.micro_batch import PRESET_ADVICE
+
+    offered = re.findall(r"'(\w+)' \(([^)]*)\)", PRESET_ADVICE)
+    assert offered
+    for name, description in offered:
+        assert ("plain ERM" in description) == (not presets_module.resolve(name).enabled), (name, description)
+        assert "ball" not in description or presets_module.resolve(name).enabled, (name, description)
+
+
 # ------------------------------------------------------------------------- the literature's methods: sam, asam
 def measured(name: str) -> dict:
     """A study's candidate, as the transfer study ran it (benchmarks/transfer.py's ALL_CANDIDATES)."""
