@@ -12,6 +12,7 @@ from amp_hf.compare.candidates import (
     amp_flags_in,
     check_seeds,
     merge_notes,
+    outside_regime,
     parse_candidate,
     parse_candidates,
 )
@@ -170,3 +171,19 @@ def test_the_patterns_ambiguous_prefixes_and_other_flags_stay_allowed():
     assert amp_flags_in(["accelerate", "launch", "train.py", "--amp_inner_steps=3"]) == {
         "--amp_inner_steps=3": "amp_inner_steps"
     }
+
+
+def test_a_preset_used_outside_its_regime_is_noted():
+    """cnn_long_noisy was chosen with SGD and momentum: in an AdamW run its verdict gets a note; inside its regime, for
+    a method (no regime), a JSON candidate, ERM, or an unknown optimizer there is none."""
+    (noisy,) = parse_candidates(["cnn_long_noisy"])[1:]
+    assert outside_regime(noisy, "AdamW") == (
+        "cnn_long_noisy was chosen with SGD + momentum, from scratch; this run used AdamW"
+    )
+    assert outside_regime(noisy, "SGD") is None and outside_regime(noisy, None) is None
+    tweaked = parse_candidate('{"amp_preset": "reference", "amp_ascent_fraction": 0.5}')
+    assert outside_regime(tweaked, "Adam") == (
+        "reference-f0.5 (preset reference@1) was chosen with SGD + momentum, from scratch; this run used Adam"
+    )
+    for other in ("sam", '{"amp_epsilon": 0.1}', "erm"):
+        assert outside_regime(parse_candidate(other), "AdamW") is None, other

@@ -130,6 +130,26 @@ def test_the_reference_defaults_warning_describes_each_preset_as_what_it_is():
         assert "ball" not in description or presets_module.resolve(name).enabled, (name, description)
 
 
+def test_every_recommendation_carries_the_regime_it_was_chosen_in():
+    regimes = {name: (p.optimizer, p.pretrained) for name, p in PRESETS.items()}
+    assert regimes == {
+        "cnn_long_noisy": ("SGD + momentum", False),
+        "cnn": ("SGD + momentum", False),
+        "reference": ("SGD + momentum", False),
+        "vit_from_scratch": ("AdamW", False),
+        "text_finetune": ("AdamW", True),
+        "finetune": ("AdamW", True),
+        "sam": (None, None),
+        "asam": (None, None),
+    }
+    assert PRESETS["text_finetune"].regime == "AdamW, fine-tuning pretrained weights" and PRESETS["sam"].regime is None
+    with pytest.raises(ValueError, match="names its regime"):
+        presets_module.Preset("x", 1, {}, "w", "e", study_entry=None)
+    family = presets_module.optimizer_family
+    assert family("AdamW") == family("Adam") == family("AdamW8bit") == family("FusedAdam") == "adam"
+    assert family("SGD") == family("torch.optim.SGD") == family("SGD + momentum") == "sgd" != family("Adafactor")
+
+
 # ------------------------------------------------------------------------- the literature's methods: sam, asam
 def measured(name: str) -> dict:
     """A study's candidate, as the transfer study ran it (benchmarks/transfer.py's ALL_CANDIDATES)."""

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, NoReturn
 
 from ..config import PATTERN_FIELDS, AMPConfig
-from ..presets import ERM, SCALAR_ARGUMENTS, find_preset, resolve
+from ..presets import ERM, SCALAR_ARGUMENTS, find_preset, optimizer_family, resolve
 from ..presets import names as preset_names
 
 ERM_NAME = "erm"
@@ -240,6 +240,21 @@ def merge_notes(candidates: Sequence[Candidate]) -> list[str]:
                 f"{names}: the same settings as {candidate.describe()}, trained and compared once, as {candidate.name}"
             )
     return notes
+
+
+def outside_regime(candidate: Candidate, optimizer_name: str | None) -> str | None:
+    """A short note when the candidate's preset was chosen with another optimizer family than its runs used ("adam" vs
+    "sgd": `presets.optimizer_family`), for the report to print beside the verdict: a preset's verdict says nothing
+    about a regime it was not chosen for. None when it is inside, when the candidate has no preset, the preset names
+    no regime (a method: sam, asam), AMP is off, or the runs' optimizer is unknown (`RunRecord.optimizer` None)."""
+    key = candidate.arguments.get("amp_preset")
+    if key is None or optimizer_name is None or not candidate.config.enabled:
+        return None
+    preset = find_preset(key)
+    if preset.optimizer is None or optimizer_family(optimizer_name) == optimizer_family(preset.optimizer):
+        return None
+    named = candidate.name if candidate.name == key else f"{candidate.name} (preset {preset.key})"
+    return f"{named} was chosen with {preset.regime}; this run used {optimizer_name}"
 
 
 def check_seeds(seeds: Sequence[int]) -> list[int]:
