@@ -75,15 +75,8 @@ class Candidate:
 
     def settings_key(self) -> tuple | None:
         """What decides its runs' training, for finding duplicates: None for plain ERM (AMP off, whatever else is
-        set), else every resolved setting, the patterns it leaves to the command marked as such."""
-        config = self.config
-        if not config.enabled:
-            return None
-        given = {key.removeprefix("amp_") for key in self.arguments}
-        return tuple(
-            (f.name, getattr(config, f.name) if f.name not in PATTERN_FIELDS or f.name in given else "the command's")
-            for f in fields(config)
-        )
+        set), else every resolved setting and the patterns it sets (those it leaves to the command are left out)."""
+        return tuple(self.expected_settings().items()) if self.config.enabled else None
 
     def describe(self) -> str:
         """Its name, with its arguments when the name does not say them (a JSON candidate)."""
@@ -132,7 +125,7 @@ def _slug(arguments: Mapping[str, Any]) -> str:
     for key, value in arguments.items():
         text = "+".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
         parts.append(_SHORT.get(key, key.removeprefix("amp_")) + text)
-    return re.sub(r"[^A-Za-z0-9._@+=-]", "_", "-".join(parts)) or "amp-defaults"
+    return re.sub(r"[^A-Za-z0-9._@+-]", "_", "-".join(parts)) or "amp-defaults"
 
 
 def _check_name(name: str) -> None:
@@ -174,7 +167,6 @@ def parse_candidate(spec: str | Mapping[str, Any]) -> Candidate:
         head, eq, tail = text.partition("=")
         if eq and tail.lstrip().startswith("{") and not head.lstrip().startswith("{"):
             name, text = head.strip(), tail.strip()
-            _check_name(name)
         if not text.startswith("{"):
             if text == ERM_NAME:
                 return ERM_CANDIDATE
