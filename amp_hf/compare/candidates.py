@@ -3,17 +3,16 @@ validated before anything runs and turned into the flags appended to the user's 
 
 from __future__ import annotations
 
-import argparse
-import functools
 import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, NoReturn
+from typing import Any
 
 from ..config import PATTERN_FIELDS, AMPConfig
 from ..presets import ERM, SCALAR_ARGUMENTS, find_preset, optimizer_family, resolve
 from ..presets import names as preset_names
+from .script_flags import flag_words
 
 ERM_NAME = "erm"
 """Plain ERM's candidate name; it is always compared (with `--amp_inner_steps 0`, the plain Trainer bit for bit)."""
@@ -268,50 +267,12 @@ def check_seeds(seeds: Sequence[int]) -> list[int]:
     return list(seeds)
 
 
-class _Unresolved(Exception):
-    """An option argparse cannot resolve to one argument (an ambiguous abbreviation)."""
-
-
-class _Probe(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise _Unresolved(message)
-
-
-@functools.cache
-def _probe() -> argparse.ArgumentParser:
-    """A parser with the options of `HfArgumentParser(AMPTrainingArguments)`, as a script that parses
-    AMPTrainingArguments builds it (dashed aliases, `--no_*` switches), and argparse's own abbreviation rules; each
-    option takes any number of words, so that reading a word never fails on a value."""
-    from transformers import HfArgumentParser
-
-    from ..training_args import AMPTrainingArguments
-
-    script = HfArgumentParser(AMPTrainingArguments)
-    probe = _Probe(add_help=False, allow_abbrev=script.allow_abbrev, prefix_chars=script.prefix_chars)
-    for action in script._actions:
-        if action.option_strings and not isinstance(action, argparse._HelpAction):
-            probe.add_argument(*action.option_strings, dest=action.dest, nargs="*", default=None)
-    return probe
-
-
 def amp_flags_in(command: Sequence[str]) -> dict[str, str]:
     """The words of `command` that the script's parser would read as an argument the candidates set, each with that
-    argument (`{"--amp_eps": "amp_epsilon", "--amp-preset=sam": "amp_preset"}`): any spelling argparse accepts, the
-    dashed one, an abbreviation, `--flag=value`. An ambiguous abbreviation is not one: the script's parser refuses it
-    (or means a flag of its own by it). `--amp_include` / `--amp_exclude` are the command's to set."""
-    probe = _probe()
-    found = {}
-    for word in command:
-        if not word[:1] or word[0] not in probe.prefix_chars:
-            continue
-        try:
-            namespace, _ = probe.parse_known_args([word])
-        except _Unresolved:
-            continue
-        taken = [name for name in CANDIDATE_SETTINGS if getattr(namespace, name, None) is not None]
-        if taken:
-            found[word] = taken[0]
-    return found
+    argument (`{"--amp_eps": "amp_epsilon", "--amp-preset=sam": "amp_preset"}`): any spelling argparse accepts (the
+    dashed one, an abbreviation, `--flag=value`; `script_flags` reads them). `--amp_include` / `--amp_exclude` are the
+    command's to set."""
+    return {word: name for word, name in flag_words(command).items() if name in CANDIDATE_SETTINGS}
 
 
 def check_amp_flags(command: Sequence[str]) -> None:
