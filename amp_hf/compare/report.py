@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..presets import find_preset
 from .candidates import ERM_NAME, Candidate, CompareError
 from .runs import TEST, RunRecord, choose_source
 from .statistics import paired_difference
@@ -116,11 +115,8 @@ class ComparisonReport:
 
 # ------------------------------------------------------------------------------------------------- building it
 def _expected_config(candidate: Candidate) -> dict[str, Any]:
-    """The amp_* values a candidate's runs must show (AMPConfig names): the settings it gives, or its preset's."""
-    arguments = dict(candidate.arguments)
-    values = find_preset(arguments.pop("amp_preset")).arguments() if "amp_preset" in arguments else {}
-    values.update(arguments)
-    return {key.removeprefix("amp_"): value for key, value in values.items()}
+    """The amp_* values a candidate's runs must show (AMPConfig names), resolved as its runs resolve them."""
+    return candidate.expected_settings()
 
 
 def _same_setting(used: Any, asked: Any) -> bool:
