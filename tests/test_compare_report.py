@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from amp_hf.compare.candidates import CompareError, parse_candidates
-from amp_hf.compare.report import build_report, console_lines, markdown
+from amp_hf.compare.rendering import console_lines, markdown
+from amp_hf.compare.report import build_report
 from amp_hf.compare.runs import RunRecord, run_folder
 
 ARGS = {"load_best_model_at_end": True, "metric_for_best_model": "accuracy", "greater_is_better": True}

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 
 from .candidates import CompareError
 from .comparison import run_comparison
-from .report import JSON_FILE, MARKDOWN_FILE, console_lines
+from .rendering import console_lines
+from .report import JSON_FILE, MARKDOWN_FILE
 
 
 def _boolean(text: str) -> bool:
