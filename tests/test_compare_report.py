@@ -310,3 +310,15 @@ def test_the_plot_is_skipped_with_a_note_without_matplotlib(tmp_path, monkeypatc
     assert not (tmp_path / "out" / "compare.png").exists()
     text = (tmp_path / "out" / "compare.md").read_text()
     assert "Plot: skipped (matplotlib is not installed" in text and "| x | 1 |" in text  # the per-seed table
+
+
+def test_a_candidate_without_finished_runs_is_listed_not_judged(tmp_path):
+    candidates = parse_candidates(['x={"amp_epsilon": 0.1}', 'gone={"amp_epsilon": 0.2}'])
+    records = {(n, s): write_run(tmp_path, n, s, [0.5, 0.6 + s / 10], best_step=20, test=0.5 + s / 10)
+               for n in ("erm", "x") for s in range(3)}  # fmt: skip
+    report = build_report(candidates, [0, 1, 2], records, [])
+    gone = report.candidate("gone")
+    assert gone.headline.values == {} and gone.headline.difference is None and report.family_size == 1
+    assert any("gone has no finished run" in w for w in report.warnings)
+    assert "| gone | — ± — | — | — | — | — | — | — | — | no finished run |" in markdown(report, "")
+    assert not any(line.startswith("  gone:") for line in console_lines(report))

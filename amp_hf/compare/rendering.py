@@ -50,7 +50,8 @@ def _table(report: ComparisonReport, final: bool) -> list[str]:
         spread = f"{u.value(b['mean'])} ± {u.spread(b['std'])}"
         d = block.difference
         if d is None:
-            lines.append(f"| {c.name} | {spread} | — | — | — | — | — | — | — | baseline | {'; '.join(c.notes)} |")
+            role = "baseline" if c.name == ERM_NAME else "no finished run"
+            lines.append(f"| {c.name} | {spread} | — | — | — | — | — | — | — | {role} | {'; '.join(c.notes)} |")
             continue
         lines.append(
             f"| {c.name} | {spread} | {u.difference(d.mean)} ± {u.spread(d.std)} | {u.interval(d.ci95)} "

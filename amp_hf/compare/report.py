@@ -560,7 +560,7 @@ def build_report(
         for r in results:
             r.final = None  # the final weights are compared only where ERM has them too
     for r in results:
-        if r is not erm:
+        if r is not erm and r.headline.values:  # a candidate without finished runs has nothing to judge
             r.headline.difference = paired_difference(
                 erm.headline.values, r.headline.values, greater_is_better, margin=margin
             )
@@ -569,7 +569,7 @@ def build_report(
                     erm.final.values, r.final.values, greater_is_better, margin=margin
                 )
             _compare_time(r.time, erm.time)
-        else:
+        elif r is erm:
             r.time.ratio = 1.0 if r.time.seconds else None
         r.cost = _cost([usable[(r.name, s)] for s in complete if (r.name, s) in usable], r.time)
     _judge(results)
