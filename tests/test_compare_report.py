@@ -212,6 +212,12 @@ def test_time_ratio_is_a_ratio_of_means_of_train_seconds_with_the_spread_and_the
     assert cost["train_seconds_total"] == 162 and cost["device_hours"] == pytest.approx(162 * 2 / 3600)
     assert cost["peak_memory_bytes"] == 2 * 2**30 and cost["memory_kind"] == "resident" and cost["devices"] == 2
     assert report.to_dict()["candidates"][1]["time"]["ratio_range"] == pytest.approx([1.2, 3.0])
+    assert not any("estimates" in w for w in report.warnings)
+    records[("x", 0)].train_seconds_estimated = True  # train_runtime minus the logged evaluation runtimes
+    assert any(
+        "1 of 6 runs' train_seconds are estimates" in w
+        for w in build_report(candidates, [0, 1, 2], records, []).warnings
+    )
     # without the recorder's measure: train_runtime, said to include the evaluations
     plain = {k: write_run(tmp_path / "plain", *k, [0.5, 0.6], best_step=20, test=0.5) for k in records}
     report = build_report(candidates, [0, 1, 2], plain, [])

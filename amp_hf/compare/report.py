@@ -579,6 +579,14 @@ def build_report(
             "time: some runs record only train_runtime, which includes the evaluations and checkpoint saves made "
             "during training, so the time ratios lean toward 1 (the recorder's train_seconds leaves them out)"
         )
+    estimated = [
+        r for r in used if getattr(r, "train_seconds_estimated", False) and _train_seconds(r)[1] == "train_seconds"
+    ]
+    if estimated:
+        warnings.append(
+            f"time: {len(estimated)} of {len(used)} runs' train_seconds are estimates (train_runtime minus the "
+            "evaluation runtimes the Trainer logged; checkpoint saves are still in them)"
+        )
     for r in results:
         ratios = list(r.time.ratio_per_seed.values())
         if len(ratios) > 1 and max(ratios) > 1.5 * min(ratios):
