@@ -108,8 +108,9 @@ def paired(report: dict[str, Any], baseline: str) -> dict[str, Any]:
     erm, amp = by_name[erm_name(report)], by_name[PRESET]
     if baseline == "final":
         erm, amp = erm["final"], amp["final"]
-    keys = ("differences", "mean_difference", "std_difference", "ci95", "wins", "n", "verdict")
-    return {"erm": erm["mean"], "amp": amp["mean"], **{key: amp[key] for key in keys}}
+    d = amp["difference"]  # compare.json's paired statistics (amp_hf.compare.statistics.PairedDifference)
+    keys = ("differences", "ci95", "wins", "n", "verdict")
+    return {"erm": erm["mean"], "amp": amp["mean"], "mean_difference": d["mean"], **{key: d[key] for key in keys}}
 
 
 def sentence(table: dict[str, dict[str, Any]], erm_loss: float, amp_loss: float) -> str:
@@ -235,7 +236,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "epochs": cli.epochs,
         "noise_rate": NOISE_RATE,
         "summary": summary_sentence,
-        "time_ratio": next(c for c in report["candidates"] if c["name"] == PRESET)["time_ratio"],
+        "time_ratio": next(c for c in report["candidates"] if c["name"] == PRESET)["time"]["ratio"],
         "runs": {method: summary["methods"][method]["runs"] for method in ("ERM", "AMP")},
         "wall_seconds": round(time.perf_counter() - started, 1),
     }

@@ -56,7 +56,7 @@ def test_report_fields_match_the_run_folders(comparison):
     assert data["metric"] == "loss" and data["greater_is_better"] is False  # from metric_for_best_model
     assert data["seeds"] == [0, 1] and data["source"] == "test" and data["early_stopping"] is True
     erm, amp = data["candidates"]
-    assert erm["name"] == "erm" and erm["settings"] == {"amp_inner_steps": 0} and erm["mean_difference"] is None
+    assert erm["name"] == "erm" and erm["settings"] == {"amp_inner_steps": 0} and erm["difference"] is None
     assert amp["name"] == NAME and amp["settings"] == {"amp_norm": "global", "amp_epsilon": 0.05}
     for entry in (erm, amp):
         for seed in (0, 1):
@@ -67,16 +67,18 @@ def test_report_fields_match_the_run_folders(comparison):
             end = next(i for i, e in enumerate(history) if "train_runtime" in e)
             last = [e["eval_test_loss"] for e in history[:end] if "eval_test_loss" in e][-1]
             assert entry["final"]["values"][str(seed)] == pytest.approx(last)  # the final weights' test loss
-            assert entry["train_runtime"][str(seed)] == history[end]["train_runtime"]
+            assert 0 < entry["time"]["seconds"][str(seed)] <= history[end]["train_runtime"]
     diffs = [amp["values"][s] - erm["values"][s] for s in ("0", "1")]
-    assert amp["mean_difference"] == pytest.approx(statistics.mean(diffs))
-    assert amp["std_difference"] == pytest.approx(statistics.stdev(diffs))
-    assert amp["n"] == 2 and amp["wins"] == sum(d < 0 for d in diffs)
-    assert amp["ci95"][0] <= amp["mean_difference"] <= amp["ci95"][1]
-    assert amp["detectable"] == pytest.approx(12.7062 * statistics.stdev(diffs) / 2**0.5, rel=1e-4)
-    assert amp["verdict"] in ("better", "worse", "no evidence") and amp["final"]["n"] == 2
-    ratios = [amp["train_runtime"][s] / erm["train_runtime"][s] for s in ("0", "1")]
-    assert amp["time_ratio"] == pytest.approx(statistics.mean(ratios))
+    d = amp["difference"]
+    assert d["mean"] == pytest.approx(statistics.mean(diffs))
+    assert d["std"] == pytest.approx(statistics.stdev(diffs))
+    assert d["n"] == 2 and d["wins"] == sum(x < 0 for x in diffs)
+    assert d["ci95"][0] <= d["mean"] <= d["ci95"][1]
+    assert d["half_width"] == pytest.approx(12.7062 * statistics.stdev(diffs) / 2**0.5, rel=1e-4)
+    assert d["verdict"] == "too few seeds" and amp["final"]["difference"]["n"] == 2  # 2 paired seeds
+    seconds = {name: entry["time"]["seconds"] for name, entry in (("erm", erm), ("amp", amp))}
+    means = {name: statistics.mean(seconds[name][s] for s in ("0", "1")) for name in seconds}
+    assert amp["time"]["ratio"] == pytest.approx(means["amp"] / means["erm"])  # a ratio of means
 
 
 def test_the_candidates_flags_took_effect(comparison):
@@ -114,8 +116,11 @@ def test_a_metric_no_run_recorded_is_refused_listing_the_recorded_ones(compariso
     with pytest.raises(CompareError, match=r"--metric bleu: no run recorded it.*eval_test_accuracy.*test_loss"):
         run_comparison(COMMAND, seeds=[0, 1], candidates=[CANDIDATE], output_dir=out, metric="bleu", env=env)
     assert len(counter.read_text().splitlines()) == 6  # nothing ran again
-    report = run_comparison(COMMAND, seeds=[0, 1], candidates=[CANDIDATE], output_dir=out, metric="accuracy", env=env)
-    assert report.greater_is_better is True and report.source == "test"  # accuracy: higher is better
+    with pytest.raises(CompareError, match=r"--metric accuracy: which direction is better is not recorded"):
+        run_comparison(COMMAND, seeds=[0, 1], candidates=[CANDIDATE], output_dir=out, metric="accuracy", env=env)
+    report = run_comparison(COMMAND, seeds=[0, 1], candidates=[CANDIDATE], output_dir=out, metric="accuracy",
+                            greater_is_better=True, env=env)  # fmt: skip
+    assert report.greater_is_better is True and report.source == "test"  # the runs chose on loss: the flag says
 
 
 def test_finished_runs_with_another_command_are_refused_not_mixed(comparison):
@@ -148,7 +153,7 @@ def test_resume_reruns_only_what_is_not_finished(comparison):
     runs = counter.read_text().splitlines()[6:]
     assert sorted(runs) == sorted(["0/0.5/tensor 0", "1/0.05/global 2"])  # ERM seed 0, the candidate's seed 2
     assert kept.stat().st_mtime_ns == mtime
-    assert report.seeds == [0, 1, 2] and not report.missing and report.candidate(NAME).headline.statistics["n"] == 3
+    assert report.seeds == [0, 1, 2] and not report.missing and report.candidate(NAME).headline.difference.n == 3
 
 
 def test_bad_inputs_are_refused_before_anything_runs(tmp_path):

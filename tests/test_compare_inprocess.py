@@ -49,4 +49,4 @@ def test_compare_in_process(tmp_path):
             tests = {e["step"]: e["eval_test_loss"] for e in state["log_history"] if "eval_test_loss" in e}
             assert entry["values"][str(seed)] == pytest.approx(tests[state["best_global_step"]])
             assert entry["final"]["values"][str(seed)] == pytest.approx(tests[max(tests)])
-    assert report.candidate("cnn_long_noisy").headline.statistics["n"] == 2
+    assert report.candidate("cnn_long_noisy").headline.difference.n == 2

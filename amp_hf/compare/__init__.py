@@ -7,7 +7,7 @@ from .candidates import ERM_NAME, Candidate, CompareError, parse_candidate, pars
 from .comparison import RunRequest, compare, run_comparison
 from .recording import RUN_ENVIRONMENT, ComparisonRecorder, add_comparison_recorder
 from .report import ComparisonReport
-from .statistics import PairedDifference, paired_difference, student_t_quantile
+from .statistics import PairedDifference, judge_family, paired_difference, student_t_quantile
 
 __all__ = [
     "ERM_NAME",
@@ -20,6 +20,7 @@ __all__ = [
     "RunRequest",
     "add_comparison_recorder",
     "compare",
+    "judge_family",
     "paired_difference",
     "parse_candidate",
     "parse_candidates",

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from .candidates import CompareError
 from .comparison import run_comparison
+from .rendering import console_lines
 from .report import JSON_FILE, MARKDOWN_FILE
 
 
@@ -44,7 +45,20 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--metric", default=None, help="the metric name without eval_/test_ (default: metric_for_best_model)"
     )
-    p.add_argument("--greater_is_better", type=_boolean, default=None, help="true / false (default: as the runs')")
+    p.add_argument(
+        "--greater_is_better",
+        type=_boolean,
+        default=None,
+        help="true / false (default: the runs' greater_is_better, else false for loss/error-like names; otherwise "
+        "compare refuses to guess)",
+    )
+    p.add_argument(
+        "--margin",
+        type=float,
+        default=None,
+        help="equivalence margin in the metric's units (0.01 = 1 point of accuracy): 'equivalent' when the 95%% "
+        "interval lies within ±margin",
+    )
     return p
 
 
@@ -67,20 +81,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             parallel=args.parallel,
             metric=args.metric,
             greater_is_better=args.greater_is_better,
+            margin=args.margin,
         )
     except CompareError as error:
         print(f"amp_hf.compare: error: {error}", file=sys.stderr)
         return 2
-
-    def number(value: float | None) -> str:
-        return "n/a" if value is None else f"{value:.4g}"
-
-    for c in report.candidates[1:]:
-        h = c.to_dict()
-        ci = "n/a" if h["ci95"] is None else f"[{number(h['ci95'][0])}, {number(h['ci95'][1])}]"
-        print(
-            f"{c.name}: {h['verdict']} ({report.headline_label()}: difference {number(h['mean_difference'])}, "
-            f"95% CI {ci}, wins {h['wins']}/{h['n']}, time ratio {number(h['time_ratio'])})"
-        )
+    for line in console_lines(report):
+        print(line)
     print(f"report: {args.output_dir}/{MARKDOWN_FILE}, {args.output_dir}/{JSON_FILE}")
     return 1 if report.missing else 0

@@ -40,6 +40,7 @@ def _finish(
     output_dir: Path,
     metric: str | None,
     greater_is_better: bool | None,
+    margin: float | None = None,
 ) -> ComparisonReport:
     """Reads every finished run, builds the report and writes compare.json / .md / .png."""
     records: dict[tuple[str, int], RunRecord] = {}
@@ -49,7 +50,7 @@ def _finish(
             records[(job.candidate.name, job.seed)] = RunRecord.read(job.folder, job.candidate.name, job.seed)
         except CompareError as error:
             missing.append({"candidate": job.candidate.name, "seed": job.seed, "reason": str(error)})
-    report = build_report(candidates, seeds, records, missing, metric, greater_is_better)
+    report = build_report(candidates, seeds, records, missing, metric, greater_is_better, margin)
     report.write(output_dir)
     return report
 
@@ -69,6 +70,7 @@ def run_comparison(
     parallel: int = 1,
     metric: str | None = None,
     greater_is_better: bool | None = None,
+    margin: float | None = None,
     env: Mapping[str, str] | None = None,
 ) -> ComparisonReport:
     """Runs `command` once per (candidate, seed) with `--output_dir <run folder> --seed <seed> <candidate flags>`
@@ -90,7 +92,7 @@ def run_comparison(
     run_one, abort = make_runner(command, base_env, parallel)
     with stop_on_terminate():
         outcomes = execute(to_run, run_one, parallel, already=len(finished), on_abort=abort)
-    return _finish(parsed, seeds, finished, outcomes, output_dir, metric, greater_is_better)
+    return _finish(parsed, seeds, finished, outcomes, output_dir, metric, greater_is_better, margin)
 
 
 def compare(
@@ -101,6 +103,7 @@ def compare(
     output_dir: str | Path,
     metric: str | None = None,
     greater_is_better: bool | None = None,
+    margin: float | None = None,
 ) -> ComparisonReport:
     """`run_comparison` for a notebook: `train_fn(request)` trains one run into `request.output_dir` (an AMPTrainer
     built there records what compare reads, even without save_state / save_metrics), one run at a time in this
@@ -137,4 +140,4 @@ def compare(
         return Outcome(job, True, seconds)
 
     outcomes = execute(to_run, run_one, 1, already=len(finished))
-    return _finish(parsed, seeds, finished, outcomes, output_dir, metric, greater_is_better)
+    return _finish(parsed, seeds, finished, outcomes, output_dir, metric, greater_is_better, margin)

@@ -1,50 +1,157 @@
-"""The comparison's report: per candidate the paired difference to ERM at each baseline (the headline, i.e. the
-best checkpoint's value for early-stopping runs, and the final weights'), the time ratio, the verdict; written as
-compare.json (`ComparisonReport.to_dict()`), compare.md (tables) and compare.png (the per-seed differences)."""
+"""The comparison's report: per candidate the paired difference to ERM at each baseline (the headline, i.e. the best
+checkpoint's value for early-stopping runs, and the final weights'), judged by the one rule of `statistics` over the
+report's whole family of verdicts (candidates × baselines), its cost, and its notes; written as compare.json
+(`ComparisonReport.to_dict()`, strict JSON), compare.md (tables) and compare.png (the per-seed differences), and
+summarised on the console (`console_lines`).
+
+What the report never does: guess the metric's direction (it comes from the runs, from --greater_is_better, or from
+`LOWER_IS_BETTER`; otherwise the report is refused), mix a diverged run's NaN into a mean (a non-finite value is a
+diverged run, named per candidate and left out of the paired statistics), or forget earlier looks (each report written
+appends one to compare.json's `looks`, and a verdict reached after looks with fewer seeds is warned about).
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from .candidates import ERM_NAME, Candidate, CompareError
+from .rendering import markdown, write_plot
 from .runs import TEST, RunRecord, choose_source
-from .statistics import paired_difference
+from .statistics import (
+    ALPHA,
+    BETTER,
+    EQUIVALENT,
+    MIN_SEEDS,
+    WORSE,
+    PairedDifference,
+    judge_family,
+    paired_difference,
+)
 
 JSON_FILE, MARKDOWN_FILE, PLOT_FILE = "compare.json", "compare.md", "compare.png"
 
+LOWER_IS_BETTER = ("loss", "error", "err", "wer", "cer", "ter", "perplexity", "ppl", "nll", "mae", "mse", "rmse")
+"""Metric names (whole, or the last `_` part: `eval_word_error` → `error`) whose lower values are better. Any other
+metric needs its direction recorded by the runs (metric_for_best_model + greater_is_better) or --greater_is_better."""
 
+FRACTION_NAMES = ("accuracy", "acc", "error", "err", "f1", "precision", "recall", "auc")
+"""Metric names reported in percentage points when every value lies in [0, 1] (0.012 → 1.2 points)."""
+
+DIRECTION_FLAG = "--greater_is_better (greater_is_better= in Python)"
+
+
+def _named(metric: str, names: Sequence[str]) -> bool:
+    return metric in names or metric.rsplit("_", 1)[-1] in names
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# ------------------------------------------------------------------------------------------------- the numbers
+@dataclass(frozen=True)
+class Units:
+    """One number format for a report: the metric's units (or percentage points for a fraction) and one number of
+    decimals, chosen so that the differences' spread shows two significant digits."""
+
+    scale: float = 1.0
+    """100 for a fraction shown in points, else 1."""
+    name: str = ""
+    """"points" or "" (the metric's own units)."""
+    decimals: int = 3
+
+    @classmethod
+    def choose(cls, metric: str, values: Sequence[float], spreads: Sequence[float]) -> Units:
+        finite = [v for v in values if math.isfinite(v)]
+        points = bool(finite) and _named(metric, FRACTION_NAMES) and all(0.0 <= v <= 1.0 for v in finite)
+        scale = 100.0 if points else 1.0
+        spread = [s * scale for s in spreads if math.isfinite(s) and s > 0]
+        if spread:  # two significant digits of the smallest spread
+            decimals = 1 - math.floor(math.log10(min(spread)))
+        else:  # three of the largest value
+            largest = max((abs(v) * scale for v in finite), default=1.0) or 1.0
+            decimals = 2 - math.floor(math.log10(largest))
+        return cls(scale, "points" if points else "", max(0, min(decimals, 8)))
+
+    def value(self, x: float | None) -> str:
+        if x is None:
+            return "—"
+        return f"{x * self.scale:.{self.decimals}f}" if math.isfinite(x) else "diverged"
+
+    def difference(self, x: float | None) -> str:
+        return "—" if x is None else f"{x * self.scale:+.{self.decimals}f}"
+
+    def spread(self, x: float | None) -> str:
+        return "—" if x is None else f"{x * self.scale:.{self.decimals}f}"
+
+    def interval(self, ci: Sequence[float] | None) -> str:
+        return "—" if ci is None else f"[{self.difference(ci[0])}, {self.difference(ci[1])}]"
+
+    @property
+    def suffix(self) -> str:
+        return f" {self.name}" if self.name else ""
+
+    @property
+    def header(self) -> str:
+        return f" ({self.name})" if self.name else ""
+
+
+# ------------------------------------------------------------------------------------------------- the report
 @dataclass
 class Baseline:
-    """One candidate's values at one baseline, and (for all but ERM) their paired statistics against ERM's."""
+    """One candidate's values at one baseline, and (for all but ERM) its paired difference to ERM's."""
 
     values: dict[int, float]
-    statistics: dict[str, Any] | None = None
+    difference: PairedDifference | None = None
+
+    @property
+    def diverged(self) -> list[int]:
+        """Seeds whose value is not finite: the run diverged (the Trainer logs NaN)."""
+        return sorted(s for s, v in self.values.items() if not math.isfinite(v))
 
     def to_dict(self) -> dict[str, Any]:
-        values = list(self.values.values())
-        out: dict[str, Any] = {
-            "values": {str(seed): value for seed, value in self.values.items()},
-            "mean": statistics.fmean(values) if values else None,
-            "std": statistics.stdev(values) if len(values) > 1 else None,
+        finite = [v for v in self.values.values() if math.isfinite(v)]
+        return {
+            "values": {str(seed): (v if math.isfinite(v) else None) for seed, v in self.values.items()},
+            "diverged": self.diverged,
+            "mean": statistics.fmean(finite) if finite else None,
+            "std": statistics.stdev(finite) if len(finite) > 1 else None,
+            "difference": self.difference.to_dict() if self.difference is not None else None,
         }
-        s = self.statistics or {}
-        out.update(
-            mean_difference=s.get("mean"),
-            std_difference=s.get("std"),
-            ci95=s.get("ci95"),
-            wins=s.get("wins"),
-            n=s.get("n"),
-            verdict=s.get("verdict"),
-            half_width=s.get("half_width"),
-            verdict_reason=s.get("reason"),
-            differences={str(k): v for k, v in zip(s.get("seeds", []), s.get("differences", []))} if s else None,
-        )
-        return out
+
+
+@dataclass
+class Time:
+    """A candidate's training time: per seed, in total, and against ERM's as a ratio of means over the seeds both
+    have (a mean of per-seed ratios would weigh a fast seed like a slow one); the per-seed ratios show the spread."""
+
+    seconds: dict[int, float]
+    measure: str
+    """"train_seconds" (training without the evaluations and saves made during it) or "train_runtime" (with them)."""
+    ratio: float | None = None
+    ratio_per_seed: dict[int, float] = field(default_factory=dict)
+
+    @property
+    def total(self) -> float | None:
+        return math.fsum(self.seconds.values()) if self.seconds else None
+
+    def to_dict(self) -> dict[str, Any]:
+        ratios = list(self.ratio_per_seed.values())
+        return {
+            "measure": self.measure,
+            "seconds": {str(s): v for s, v in self.seconds.items()},
+            "total_seconds": self.total,
+            "ratio": self.ratio,
+            "ratio_per_seed": {str(s): v for s, v in self.ratio_per_seed.items()},
+            "ratio_range": [min(ratios), max(ratios)] if ratios else None,
+        }
 
 
 @dataclass
@@ -55,17 +162,24 @@ class CandidateResult:
     settings: dict[str, Any]
     headline: Baseline
     final: Baseline | None
-    runtimes: dict[int, float | None]
-    time_ratio: float | None
+    time: Time
+    cost: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+    """Shown beside the verdict: a diverged run, a preset used outside its regime, candidates merged into this one."""
+
+    @property
+    def time_ratio(self) -> float | None:
+        return self.time.ratio
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "settings": self.settings,
+            "notes": self.notes,
             **self.headline.to_dict(),
-            "time_ratio": self.time_ratio,
-            "train_runtime": {str(k): v for k, v in self.runtimes.items()},
             "final": self.final.to_dict() if self.final is not None else None,
+            "time": self.time.to_dict(),
+            "cost": self.cost,
         }
 
 
@@ -75,42 +189,111 @@ class ComparisonReport:
 
     metric: str
     greater_is_better: bool
+    direction_source: str
+    """Where the direction came from: the flag, the runs' greater_is_better, or the name (LOWER_IS_BETTER)."""
     seeds: list[int]
     """The seeds every candidate has (the ones the statistics use)."""
     requested_seeds: list[int]
     source: str
     early_stopping: bool
     candidates: list[CandidateResult]
+    units: Units = field(default_factory=Units)
+    margin: float | None = None
     warnings: list[str] = field(default_factory=list)
     missing: list[dict[str, Any]] = field(default_factory=list)
+    looks: list[dict[str, Any]] = field(default_factory=list)
+    """Every report written on this output folder, oldest first (`write` appends this one)."""
 
     def candidate(self, name: str) -> CandidateResult:
         return next(c for c in self.candidates if c.name == name)
+
+    @property
+    def family_size(self) -> int:
+        return sum(1 for d in self._differences() if d.p_value is not None)
+
+    def _differences(self) -> list[PairedDifference]:
+        blocks = [b for c in self.candidates for b in (c.headline, c.final) if b is not None]
+        return [b.difference for b in blocks if b.difference is not None]
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "metric": self.metric,
             "greater_is_better": self.greater_is_better,
+            "direction_source": self.direction_source,
             "seeds": self.seeds,
             "requested_seeds": self.requested_seeds,
             "source": self.source,
             "early_stopping": self.early_stopping,
             "headline": self.headline_label(),
+            "units": {"name": self.units.name or None, "scale": self.units.scale, "decimals": self.units.decimals},
+            "alpha": ALPHA,
+            "family_size": self.family_size,
+            "margin": self.margin,
             "warnings": self.warnings,
             "missing": self.missing,
+            "looks": self.looks,
             "candidates": [c.to_dict() for c in self.candidates],
         }
 
     def headline_label(self) -> str:
-        split = "test" if self.source == TEST else "validation"
         where = "the best-validation checkpoint" if self.early_stopping else "the final weights"
-        return f"{split} {self.metric} of {where}"
+        return f"{self.split} {self.metric} of {where}"
+
+    @property
+    def split(self) -> str:
+        return "test" if self.source == TEST else "validation"
+
+    def look(self) -> dict[str, Any]:
+        """This report as one look at the comparison: its seeds and verdicts."""
+        verdicts = {}
+        for c in self.candidates:
+            blocks = {"headline": c.headline, "final": c.final}
+            judged = {k: b.difference.verdict for k, b in blocks.items() if b is not None and b.difference is not None}
+            if judged:
+                verdicts[c.name] = judged
+        return {"metric": self.metric, "n": len(self.seeds), "seeds": self.seeds, "verdicts": verdicts}
+
+    def record_look(self, previous: Any) -> None:
+        """Appends this look to the looks of the previous compare.json (`previous`, its parsed content or None), and
+        warns when a verdict that claims something comes after looks with fewer seeds: adding seeds until a verdict
+        appears raises the false-'better' rate above the 5% the rule promises."""
+        looks: list[dict[str, Any]] = []
+        if isinstance(previous, dict) and isinstance(previous.get("looks"), list):
+            looks = [look for look in previous["looks"] if isinstance(look, dict)]
+        elif isinstance(previous, dict) and isinstance(previous.get("seeds"), list):  # a report from before looks
+            looks = [{"metric": previous.get("metric"), "n": len(previous["seeds"]), "seeds": previous["seeds"]}]
+        current = self.look()
+        last = {k: v for k, v in looks[-1].items() if k != "written"} if looks else None
+        if last != current:
+            looks.append({**current, "written": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+        self.looks = looks
+        fewer = sorted({look.get("n") for look in looks if look.get("metric") == self.metric} - {None})
+        fewer = [n for n in fewer if isinstance(n, int) and n < len(self.seeds)]
+        claims = [f"{name}: {v}" for name, by in current["verdicts"].items() for v in by.values() if v in _CLAIMS]
+        if fewer and claims:
+            self.warnings.append(
+                f"repeated looks: this comparison was reported before with fewer seeds (n = "
+                f"{', '.join(map(str, fewer))}; now {len(self.seeds)}), and now says {', '.join(sorted(set(claims)))}. "
+                "Adding seeds until a verdict appears makes a false 'better' more likely than the rule's 5%: decide "
+                "the number of seeds before looking, or confirm the verdict on fresh seeds (compare.json's looks lists "
+                "them)"
+            )
 
     def write(self, output_dir: Path) -> None:
+        """compare.json (strict JSON: allow_nan=False), compare.md and compare.png, after recording this look."""
+        output_dir = Path(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / JSON_FILE).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        try:
+            previous = json.loads((output_dir / JSON_FILE).read_text())
+        except (OSError, ValueError):
+            previous = None
+        self.record_look(previous)
+        (output_dir / JSON_FILE).write_text(json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
         note = write_plot(self, output_dir / PLOT_FILE)
         (output_dir / MARKDOWN_FILE).write_text(markdown(self, note))
+
+
+_CLAIMS = (BETTER, WORSE, EQUIVALENT)
 
 
 # ------------------------------------------------------------------------------------------------- building it
@@ -162,6 +345,120 @@ def _default_metric(records: Sequence[RunRecord], warnings: list[str]) -> str:
     return name
 
 
+def resolve_direction(metric: str, records: Sequence[RunRecord], flag: bool | None) -> tuple[bool, str]:
+    """(greater_is_better, where it came from), never guessed: the flag; else the runs' greater_is_better when every
+    run chose its best checkpoint on this metric (and agrees); else lower-is-better for a LOWER_IS_BETTER name.
+    Otherwise CompareError naming the flag. A run that chose its best checkpoint with higher-is-better on a metric
+    named like an error (transformers defaults greater_is_better to True for any name not ending in 'loss') is
+    refused too: which checkpoint is "best" was then decided backwards."""
+    lower_by_name = _named(metric, LOWER_IS_BETTER)
+    if flag is not None:
+        return bool(flag), "--greater_is_better"
+    chose_on_it = [
+        r
+        for r in records
+        if r.training_args
+        and r.metric_for_best_model
+        and (r.metric_for_best_model == metric or r.metric_for_best_model.endswith("_" + metric))
+    ]
+    recorded = {r.training_args.get("greater_is_better") for r in chose_on_it} - {None}
+    if chose_on_it and len(chose_on_it) == len(records) and len(recorded) == 1:
+        greater = bool(recorded.pop())
+        if greater and lower_by_name:
+            raise CompareError(
+                f"--metric {metric}: the runs chose their best checkpoint with greater_is_better=True, but {metric!r} "
+                "is named like a lower-is-better metric (transformers sets greater_is_better=True for any "
+                "metric_for_best_model not ending in 'loss'). If lower is better, the runs kept their worst "
+                "checkpoint: add --greater_is_better false to the training command and rerun; if higher really is "
+                f"better, pass {DIRECTION_FLAG} true to compare"
+            )
+        return greater, "the runs' greater_is_better"
+    if lower_by_name:
+        return False, "its name"
+    raise CompareError(
+        f"--metric {metric}: which direction is better is not recorded by the runs (no metric_for_best_model "
+        f"{metric} with greater_is_better in every run) and {metric!r} is not a lower-is-better name "
+        f"({', '.join(LOWER_IS_BETTER)}): pass {DIRECTION_FLAG} true or false. The runs are kept: rerunning with the "
+        "flag trains nothing"
+    )
+
+
+def _train_seconds(record: RunRecord) -> tuple[float | None, str]:
+    """A run's training time and which measure it is: the recorder's train_seconds (without the evaluations and
+    checkpoint saves made during training), else the Trainer's train_runtime (with them)."""
+    measured = getattr(record, "train_seconds", None)
+    if _finite(measured) and measured > 0:
+        return float(measured), "train_seconds"
+    runtime = record.runtime
+    return (float(runtime), "train_runtime") if _finite(runtime) and runtime > 0 else (None, "train_runtime")
+
+
+def _time(records: Sequence[RunRecord]) -> Time:
+    seconds, measures = {}, set()
+    for r in records:
+        value, measure = _train_seconds(r)
+        if value is not None:
+            seconds[r.seed] = value
+            measures.add(measure)
+    return Time(seconds, "train_runtime" if "train_runtime" in measures else "train_seconds")
+
+
+def _compare_time(time: Time, erm: Time) -> None:
+    """The ratio of means over the seeds both have, and the per-seed ratios (whose spread shows a loaded machine)."""
+    both = [s for s in time.seconds if s in erm.seconds]
+    if both:
+        time.ratio = statistics.fmean(time.seconds[s] for s in both) / statistics.fmean(erm.seconds[s] for s in both)
+        time.ratio_per_seed = {s: time.seconds[s] / erm.seconds[s] for s in both}
+
+
+def _cost(records: Sequence[RunRecord], time: Time) -> dict[str, Any]:
+    """What the runs cost, from what RunRecord offers (None where a run folder does not say)."""
+    memory = [getattr(r, "peak_memory_bytes", None) for r in records]
+    memory = [m for m in memory if _finite(m)]
+    speeds = [getattr(r, "samples_per_second", None) for r in records]
+    speeds = [s for s in speeds if _finite(s)]
+    kinds = sorted({getattr(r, "memory_kind", None) for r in records} - {None})
+    devices = {r.seed: getattr(r, "devices", 1) or 1 for r in records}
+    hours = [time.seconds[s] * devices[s] / 3600 for s in time.seconds if s in devices]
+    return {
+        "runs": len(records),
+        "train_seconds_total": time.total,
+        "devices": max(devices.values(), default=None),
+        "device_hours": math.fsum(hours) if hours else None,
+        "peak_memory_bytes": max(memory) if memory else None,
+        "memory_kind": ", ".join(kinds) or None,
+        "samples_per_second": statistics.fmean(speeds) if speeds else None,
+        "attempts": sum(getattr(r, "attempts", 1) or 1 for r in records),
+    }
+
+
+def _diverged_note(baseline: Baseline, of: int, where: str) -> str | None:
+    seeds = baseline.diverged
+    if not seeds:
+        return None
+    return (
+        f"diverged on {len(seeds)} of {of} seeds ({where}: seed {', '.join(map(str, seeds))} recorded a non-finite "
+        "value); those seeds are left out of its paired statistics"
+    )
+
+
+def candidate_notes(candidate: Candidate, records: Sequence[RunRecord], headline: Baseline, final: Baseline | None,
+                    seeds: Sequence[int]) -> list[str]:  # fmt: skip
+    """The notes shown beside a candidate's verdict."""
+    notes = [_diverged_note(headline, len(seeds), "headline")]
+    if final is not None and final.diverged != headline.diverged:
+        notes.append(_diverged_note(final, len(seeds), "final weights"))
+    return [n for n in notes if n]
+
+
+def _metric_name(metric: str | None) -> tuple[str | None, bool]:
+    """(the metric name without eval_/test_, whether the test split was asked for by name)."""
+    if not metric:
+        return None, False
+    name = metric.removeprefix("eval_")
+    return (name.removeprefix("test_"), True) if name.startswith("test_") else (name, False)
+
+
 def build_report(
     candidates: Sequence[Candidate],
     seeds: Sequence[int],
@@ -169,9 +466,12 @@ def build_report(
     missing: list[dict[str, Any]],
     metric: str | None = None,
     greater_is_better: bool | None = None,
+    margin: float | None = None,
 ) -> ComparisonReport:
-    """The report from the finished runs' records. Raises CompareError when there is nothing to compare or when no
-    run recorded `metric` (listing the metrics the runs have)."""
+    """The report from the finished runs' records. Raises CompareError when there is nothing to compare, when no run
+    recorded `metric` (listing the metrics the runs have), and when the metric's direction is unknown."""
+    if margin is not None and (isinstance(margin, bool) or not _finite(margin) or margin <= 0):
+        raise CompareError(f"--margin must be a positive number in the metric's units, got {margin!r}")
     warnings: list[str] = []
     missing = list(missing)
     all_records = list(records.values())
@@ -180,7 +480,8 @@ def build_report(
             "no run finished, so there is nothing to compare: "
             + "; ".join(f"{m['candidate']} seed {m['seed']}: {m['reason']}" for m in missing)
         )
-    metric = metric.removeprefix("eval_") if metric else _default_metric(all_records, warnings)
+    asked, test_by_name = _metric_name(metric)
+    metric = asked or _default_metric(all_records, warnings)
     usable = {key: r for key, r in records.items() if r.has_metric(metric)}
     if not usable:
         recorded = sorted({k for r in all_records for k in r.recorded_metrics()})
@@ -191,19 +492,7 @@ def build_report(
         )
     for name, seed in sorted(set(records) - set(usable)):
         missing.append({"candidate": name, "seed": seed, "reason": f"the run recorded no {metric}"})
-    if greater_is_better is None:
-        flags = {r.training_args.get("greater_is_better") for r in usable.values() if r.training_args}
-        flags.discard(None)
-        if len(flags) == 1 and all(
-            r.metric_for_best_model and r.metric_for_best_model.endswith(metric) for r in usable.values()
-        ):
-            greater_is_better = bool(flags.pop())
-        else:
-            greater_is_better = not metric.endswith("loss")
-            warnings.append(
-                f"the direction of {metric} was not recorded with it (metric_for_best_model / greater_is_better): "
-                f"assumed {'higher' if greater_is_better else 'lower'} is better; pass --greater_is_better to set it"
-            )
+    greater_is_better, direction_source = resolve_direction(metric, list(usable.values()), greater_is_better)
     present = [c for c in candidates if any((c.name, s) in usable for s in seeds)]
     if not any(c.name == ERM_NAME for c in present):
         raise CompareError(
@@ -221,6 +510,12 @@ def build_report(
         )
     used = [usable[(c.name, s)] for c in present for s in complete]
     source = choose_source(used, metric)
+    if test_by_name and source != TEST:
+        have = sum(r.has_test(metric) for r in used)
+        raise CompareError(
+            f"--metric test_{metric} asks for the test split, but only {have} of {len(used)} runs have a test split's "
+            f"{metric}: give --metric {metric} to compare validation values"
+        )
     if source != TEST:
         partial = [r for r in used if r.has_test(metric)]
         if partial:
@@ -242,173 +537,84 @@ def build_report(
             "baseline a user has for free: add --load_best_model_at_end --metric_for_best_model <metric> with "
             "matching eval/save strategies to compare against it"
         )
-    results = []
-    erm_headline: dict[int, float] = {}
-    erm_final: dict[int, float] | None = None
-    erm_runtime: dict[int, float | None] = {}
-    for candidate in candidates:
+
+    results: list[CandidateResult] = []
+    for candidate in candidates:  # one without runs stays listed, with no values
         own = [usable[(candidate.name, s)] for s in complete if (candidate.name, s) in usable]
         warning = _settings_warning(candidate, own)
         if warning:
             warnings.append(warning)
         pairs = {r.seed: r.values(metric, source) for r in own}
-        headline = {s: v for s, (v, _) in pairs.items() if v is not None}
+        headline = Baseline({s: v for s, (v, _) in pairs.items() if v is not None})
         finals = {s: f for s, (_, f) in pairs.items() if f is not None}
-        final = finals if pairs and len(finals) == len(pairs) and early_stopping else None
-        runtimes = {r.seed: r.runtime for r in own}
-        if candidate.name == ERM_NAME:
-            erm_headline, erm_final, erm_runtime = headline, final, runtimes
-            results.append(
-                CandidateResult(
-                    candidate.name,
-                    dict(candidate.arguments),
-                    Baseline(headline),
-                    Baseline(final) if final is not None else None,
-                    runtimes,
-                    None,
+        final = Baseline(finals) if pairs and len(finals) == len(pairs) and early_stopping else None
+        time = _time(own)
+        notes = candidate_notes(candidate, own, headline, final, complete)
+        results.append(CandidateResult(candidate.name, dict(candidate.arguments), headline, final, time, {}, notes))
+    erm = next(r for r in results if r.name == ERM_NAME)
+    if erm.final is None:
+        for r in results:
+            r.final = None  # the final weights are compared only where ERM has them too
+    for r in results:
+        if r is not erm and r.headline.values:  # a candidate without finished runs has nothing to judge
+            r.headline.difference = paired_difference(
+                erm.headline.values, r.headline.values, greater_is_better, margin=margin
+            )
+            if r.final is not None and erm.final is not None:
+                r.final.difference = paired_difference(
+                    erm.final.values, r.final.values, greater_is_better, margin=margin
                 )
+            _compare_time(r.time, erm.time)
+        elif r is erm:
+            r.time.ratio = 1.0 if r.time.seconds else None
+        r.cost = _cost([usable[(r.name, s)] for s in complete if (r.name, s) in usable], r.time)
+    _judge(results)
+
+    if any(r.time.measure == "train_runtime" for r in results):
+        warnings.append(
+            "time: some runs record only train_runtime, which includes the evaluations and checkpoint saves made "
+            "during training, so the time ratios lean toward 1 (the recorder's train_seconds leaves them out)"
+        )
+    estimated = [
+        r for r in used if getattr(r, "train_seconds_estimated", False) and _train_seconds(r)[1] == "train_seconds"
+    ]
+    if estimated:
+        warnings.append(
+            f"time: {len(estimated)} of {len(used)} runs' train_seconds are estimates (train_runtime minus the "
+            "evaluation runtimes the Trainer logged; checkpoint saves are still in them)"
+        )
+    for r in results:
+        ratios = list(r.time.ratio_per_seed.values())
+        if len(ratios) > 1 and max(ratios) > 1.5 * min(ratios):
+            warnings.append(
+                f"candidate {r.name}: its per-seed time ratios range from {min(ratios):.2f}× to {max(ratios):.2f}×: "
+                "the machine's load changed during the comparison, so its ratio of means is uncertain"
             )
-            continue
-        stats = paired_difference(erm_headline, headline, greater_is_better).to_dict()
-        final_baseline = None
-        if final is not None and erm_final is not None:
-            final_baseline = Baseline(final, paired_difference(erm_final, final, greater_is_better).to_dict())
-        ratios = [runtimes[s] / erm_runtime[s] for s in runtimes if runtimes[s] and erm_runtime.get(s)]
-        results.append(
-            CandidateResult(
-                candidate.name,
-                dict(candidate.arguments),
-                Baseline(headline, stats),
-                final_baseline,
-                runtimes,
-                statistics.fmean(ratios) if ratios else None,
-            )
+    all_values = [v for r in results for b in (r.headline, r.final) if b is not None for v in b.values.values()]
+    spreads = [d.std for r in results for d in _blocks(r) if d.std]
+    units = Units.choose(metric, all_values, spreads)
+    if margin is not None and units.name == "points" and margin >= 1:
+        raise CompareError(
+            f"--margin {margin:g} is in the metric's units: {metric} is a fraction, so 1 point is 0.01 "
+            f"(--margin 0.01); a margin of {margin:g} would call every candidate equivalent"
+        )
+    if len(complete) < MIN_SEEDS:
+        warnings.append(
+            f"{len(complete)} paired seed(s): a verdict needs at least {MIN_SEEDS}, so every verdict is 'too few "
+            "seeds' (the statistics are still given); run more seeds"
         )
     return ComparisonReport(
-        metric, greater_is_better, complete, list(seeds), source, early_stopping, results, warnings, missing
-    )
+        metric, greater_is_better, direction_source, complete, list(seeds), source, early_stopping, results, units,
+        margin, warnings, missing,
+    )  # fmt: skip
 
 
-# ------------------------------------------------------------------------------------------------- writing it
-def _number(value: float | None) -> str:
-    return "—" if value is None else f"{value:.4g}"
+def _blocks(result: CandidateResult) -> list[PairedDifference]:
+    return [b.difference for b in (result.headline, result.final) if b is not None and b.difference is not None]
 
 
-def _table(report: ComparisonReport, final: bool) -> list[str]:
-    lines = [
-        "| candidate | settings | mean ± std | difference to ERM (mean ± std) | 95% CI | wins | verdict | detectable "
-        "| time ratio |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for c in report.candidates:
-        block = c.final if final else c.headline
-        if block is None:
-            continue
-        b = block.to_dict()
-        settings = ", ".join(f"{k.removeprefix('amp_')}={v}" for k, v in c.settings.items())
-        spread = f"{_number(b['mean'])} ± {_number(b['std'])}"
-        if c.name == ERM_NAME:
-            lines.append(f"| {c.name} | {settings} | {spread} | — | — | — | baseline | — | 1 |")
-            continue
-        ci = "—" if b["ci95"] is None else f"[{_number(b['ci95'][0])}, {_number(b['ci95'][1])}]"
-        lines.append(
-            f"| {c.name} | {settings} | {spread} | {_number(b['mean_difference'])} ± {_number(b['std_difference'])} "
-            f"| {ci} | {b['wins']}/{b['n']} | **{b['verdict']}** | {_number(b['half_width'])} "
-            f"| {_number(c.time_ratio)} |"
-        )
-    return lines
-
-
-def _per_seed(report: ComparisonReport) -> list[str]:
-    """Every run's values (headline / final) and train_runtime, so each number of the tables can be traced."""
-    lines = ["| candidate | seed | headline | final | train_runtime (s) |", "|---|---|---|---|---|"]
-    for c in report.candidates:
-        for seed in report.seeds:
-            final = c.final.values.get(seed) if c.final is not None else None
-            lines.append(
-                f"| {c.name} | {seed} | {_number(c.headline.values.get(seed))} | {_number(final)} "
-                f"| {_number(c.runtimes.get(seed))} |"
-            )
-    return lines
-
-
-def markdown(report: ComparisonReport, plot_note: str) -> str:
-    direction = "higher" if report.greater_is_better else "lower"
-    split = "test" if report.source == TEST else "validation"
-    lines = [
-        "# Does AMP help this task? (amp_hf.compare)",
-        "",
-        f"Metric: **{report.metric}** ({direction} is better), {split} split; paired seeds: "
-        f"{', '.join(map(str, report.seeds)) or 'none'} (n = {len(report.seeds)}). Differences are candidate − ERM in "
-        f"the metric's units; a verdict is `better`/`worse` only when the 95% confidence interval excludes 0; "
-        "`detectable` is the interval's half-width, the smallest mean difference these seeds could have detected. "
-        "Time ratio: the candidate's train_runtime / ERM's, averaged over the seeds. (AMP here is Adversarial Model "
-        "Perturbation, not automatic mixed precision.)",
-        "",
-        f"## {report.headline_label().capitalize()}",
-        "",
-        *_table(report, final=False),
-    ]
-    if any(c.final is not None for c in report.candidates):
-        lines += ["", f"## {split.capitalize()} {report.metric} of the final weights", "", *_table(report, final=True)]
-    reasons = [f"- {c.name}: {c.headline.statistics['reason']}" for c in report.candidates if c.headline.statistics]
-    lines += ["", "Verdicts (headline):", "", *reasons, "", "## Per seed", "", *_per_seed(report)]
-    if report.warnings:
-        lines += ["", "## Warnings", "", *(f"- {w}" for w in report.warnings)]
-    if report.missing:
-        lines += ["", "## Missing runs", ""]
-        lines += [
-            f"- {m['candidate']} seed {m['seed']}: {m['reason']}" + (f" (log: `{m['log']}`)" if m.get("log") else "")
-            for m in report.missing
-        ]
-    lines += ["", f"Plot: {plot_note}", ""]
-    return "\n".join(lines)
-
-
-def write_plot(report: ComparisonReport, path: Path) -> str:
-    """compare.png: per candidate its per-seed differences to ERM and the 95% CI, one panel per baseline. Without
-    matplotlib (the `demo` / `bench` extras) the plot is skipped and the note says so."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return "skipped (matplotlib is not installed: pip install 'amp-hf[demo]')"
-    others = [c for c in report.candidates if c.name != ERM_NAME]
-    panels = [("headline", report.headline_label())]
-    if any(c.final is not None for c in others):
-        panels.append(("final", f"{'test' if report.source == TEST else 'validation'} {report.metric}, final weights"))
-    figure, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
-    for axis, (kind, title) in zip(axes[0], panels):
-        for i, c in enumerate(others):
-            block = c.headline if kind == "headline" else c.final
-            if block is None or not block.statistics:
-                continue
-            s = block.statistics
-            axis.scatter([i] * len(s["differences"]), s["differences"], color="tab:blue", alpha=0.7, zorder=3)
-            if s["ci95"] is not None:
-                low, high = s["ci95"]
-                axis.errorbar(
-                    [i + 0.15],
-                    [s["mean"]],
-                    yerr=[[s["mean"] - low], [high - s["mean"]]],
-                    fmt="o",
-                    color="black",
-                    capsize=5,
-                    zorder=4,
-                )
-        axis.axhline(0.0, color="gray", linewidth=1)
-        axis.set_xlim(-0.5, len(others) - 0.5)
-        axis.set_xticks(range(len(others)), [c.name for c in others], rotation=15)
-        axis.set_ylabel(f"{report.metric}: candidate − ERM")
-        axis.set_title(title, fontsize=10)
-    figure.suptitle(
-        f"per-seed differences to ERM (dots) and 95% CI ({'higher' if report.greater_is_better else 'lower'} "
-        "is better)",
-        fontsize=10,
-    )
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return f"`{path.name}` (per-seed differences to ERM and their 95% CI)"
+def _judge(results: Sequence[CandidateResult]) -> None:
+    """Every verdict the report gives (candidates × baselines) judged as one family (Holm)."""
+    slots = [(r, b) for r in results for b in (r.headline, r.final) if b is not None and b.difference is not None]
+    for (_, block), judged in zip(slots, judge_family([b.difference for _, b in slots])):
+        block.difference = judged

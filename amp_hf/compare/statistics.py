@@ -209,14 +209,15 @@ def _one_sided_p(differences: Sequence[float], shift: float, upper: bool, std: f
 
 
 def _verdict(result: PairedDifference, alpha: float) -> tuple[str, str]:
-    """The verdict and its reason from a result's (adjusted) p-values."""
+    """The verdict and its reason from a result's (adjusted) p-values. The reason holds no number in the metric's
+    units (a report shows those in its own format beside it)."""
     n = result.n
     if n == 0:
         return TOO_FEW_SEEDS, "no paired seeds"
-    ci = f"raw 95% interval [{_fmt(result.ci95[0])}, {_fmt(result.ci95[1])}]" if result.ci95 else "no interval"
     if n < MIN_SEEDS:
-        return TOO_FEW_SEEDS, (
-            f"{n} paired seed{'s' if n > 1 else ''} ({ci}): a verdict needs at least {MIN_SEEDS} (run more seeds)"
+        return (
+            TOO_FEW_SEEDS,
+            f"{n} paired seed{'s' if n > 1 else ''}: a verdict needs at least {MIN_SEEDS} (run more seeds)",
         )
     assert result.p_value is not None and result.p_adjusted is not None and result.mean is not None
     zero_spread = result.std == 0
@@ -226,14 +227,14 @@ def _verdict(result: PairedDifference, alpha: float) -> tuple[str, str]:
         if result.family_size > 1
         else ""
     )
-    evidence = f"{test} p = {_fmt(result.p_value)}{adjusted}; {ci}"
+    evidence = f"{test} p = {_fmt(result.p_value)}{adjusted}"
     if result.p_adjusted <= alpha and result.mean != 0:
         better = (result.mean > 0) == result.greater_is_better
         return (BETTER if better else WORSE), f"{evidence}: the difference is non-zero at the {alpha:g} level"
     if result.margin is not None and result.p_equivalence_adjusted is not None:
         if result.p_equivalence_adjusted <= alpha / 2:
-            return EQUIVALENT, f"{evidence}; the interval lies within ±{_fmt(result.margin)} (the margin)"
-        evidence += f"; the interval does not lie within ±{_fmt(result.margin)}"
+            return EQUIVALENT, f"{evidence}; the 95% interval lies within ± the margin"
+        evidence += "; the 95% interval does not lie within ± the margin"
     return NO_EVIDENCE, f"{evidence}: no evidence of a difference (not evidence of none)"
 
 
