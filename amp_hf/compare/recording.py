@@ -16,24 +16,18 @@ A script that does call save_state / save_metrics writes the same files with the
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
 
+from .jsonfiles import write_json
+
 RUN_ENVIRONMENT = "AMP_HF_COMPARE_RUN"
 """Set by compare for each run it starts: the run's folder."""
 RUN_FILE = "compare_run.json"
 RECORDED_ARGUMENTS = ("load_best_model_at_end", "metric_for_best_model", "greater_is_better", "seed", "output_dir")
-
-
-def _write_json(path: Path, value: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(temporary, path)  # a reader never sees half a file
 
 
 def _prefix(metrics: dict[str, Any]) -> str | None:
@@ -53,7 +47,7 @@ class ComparisonRecorder(TrainerCallback):
         self.training = True
         if state.is_world_process_zero:
             config = getattr(self.trainer, "amp_config", None)
-            _write_json(
+            write_json(
                 self.folder / RUN_FILE,
                 {
                     "training_args": {name: getattr(args, name, None) for name in RECORDED_ARGUMENTS},
@@ -67,7 +61,7 @@ class ComparisonRecorder(TrainerCallback):
             state.save_to_json(str(self.folder / "trainer_state.json"))
             summary = next((e for e in reversed(state.log_history) if "train_runtime" in e), None)
             if summary is not None:
-                _write_json(self.folder / "train_results.json", {k: v for k, v in summary.items() if k != "step"})
+                write_json(self.folder / "train_results.json", {k: v for k, v in summary.items() if k != "step"})
 
     def _after_training(self, state, metrics: dict[str, Any] | None) -> None:
         """An evaluation after training (a test split, the best checkpoint's validation): its `_results.json`."""
@@ -75,7 +69,7 @@ class ComparisonRecorder(TrainerCallback):
             return
         prefix = _prefix(metrics)
         if prefix:
-            _write_json(self.folder / f"{prefix}_results.json", metrics)
+            write_json(self.folder / f"{prefix}_results.json", metrics)
         state.save_to_json(str(self.folder / "trainer_state.json"))
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):

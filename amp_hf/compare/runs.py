@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .candidates import CompareError
+from .jsonfiles import read_json
 from .recording import RUN_FILE
 
 DONE_FILE = "compare_done.json"
@@ -41,10 +42,8 @@ def run_folder(output_dir: Path, candidate: str, seed: int) -> Path:
 
 def read_done(folder: Path) -> dict[str, Any] | None:
     """The done-marker of a finished run, None when the run did not finish (never started, killed, failed)."""
-    try:
-        return json.loads((folder / DONE_FILE).read_text())
-    except (OSError, ValueError):
-        return None
+    done = read_json(folder / DONE_FILE)
+    return done if isinstance(done, dict) else None
 
 
 def check_done_matches(done: Mapping[str, Any], identity: Mapping[str, Any], folder: Path) -> None:
@@ -60,16 +59,9 @@ def check_done_matches(done: Mapping[str, Any], identity: Mapping[str, Any], fol
         )
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def _training_args(folder: Path) -> dict[str, Any] | None:
     """The run's deciding training arguments: the recorder's file, else the Trainer's own training_args.bin."""
-    recorded = _read_json(folder / RUN_FILE)
+    recorded = read_json(folder / RUN_FILE)
     if isinstance(recorded, dict) and isinstance(recorded.get("training_args"), dict):
         return recorded["training_args"]
     for path in [folder / "training_args.bin", *sorted(folder.glob("checkpoint-*/training_args.bin"))]:
@@ -102,7 +94,7 @@ class RunRecord:
 
     @classmethod
     def read(cls, folder: Path, candidate: str, seed: int) -> RunRecord:
-        state = _read_json(folder / "trainer_state.json")
+        state = read_json(folder / "trainer_state.json")
         if not isinstance(state, dict):
             raise CompareError(
                 f"{folder} has no trainer_state.json: the run finished but neither the script (trainer.save_state()) "
@@ -111,10 +103,10 @@ class RunRecord:
         results = {}
         for path in sorted(folder.glob("*_results.json")):
             prefix = path.name.removesuffix("_results.json")
-            value = _read_json(path)
+            value = read_json(path)
             if prefix != "all" and isinstance(value, dict):
                 results[prefix] = value
-        recorded = _read_json(folder / RUN_FILE)
+        recorded = read_json(folder / RUN_FILE)
         amp = recorded.get("amp_config") if isinstance(recorded, dict) else None
         return cls(candidate, seed, folder, state, results, _training_args(folder), amp)
 
