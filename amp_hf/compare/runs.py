@@ -19,7 +19,6 @@ every evaluation (best = at the best validation step, final = the last).
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .candidates import CompareError
+from .identity import changes
 from .jsonfiles import read_json
 from .recording import RUN_FILE
 
@@ -47,15 +47,17 @@ def read_done(folder: Path) -> dict[str, Any] | None:
 
 
 def check_done_matches(done: Mapping[str, Any], identity: Mapping[str, Any], folder: Path) -> None:
-    """A finished run is reused only for the same command, settings and seed: a mismatch is an error, never mixed."""
-    differing = [
-        key for key, value in identity.items() if json.loads(json.dumps(done.get(key))) != json.loads(json.dumps(value))
-    ]
-    if differing:
-        details = "; ".join(f"{k}: recorded {done.get(k)!r}, now {identity[k]!r}" for k in differing)
+    """A finished run is reused only when everything that determines its result is what a new run would have (the
+    command or train function, the code and configuration files it names, the working directory, the libraries'
+    versions, the settings and the seed: `identity.changes`). Otherwise the comparison is refused, naming what changed,
+    before anything trains: never mixed in, and never deleted (the change may not matter to the user; hours of runs
+    are theirs to drop)."""
+    found = changes(done, identity)
+    if found:
         raise CompareError(
-            f"{folder} finished with a different {', '.join(differing)} ({details}). Its numbers would not be "
-            "comparable with new runs: use another --output_dir, or delete that folder to rerun it"
+            f"{', '.join(found)} since {folder.parent.name} {folder.name} was trained ({folder}), so its numbers would "
+            "not be comparable with new runs. Train the comparison again with another --output_dir (these runs stay "
+            f"as they are), or delete {folder.parent.parent} to train it again here"
         )
 
 
