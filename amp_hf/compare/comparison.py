@@ -15,6 +15,7 @@ from typing import Any
 
 from .candidates import Candidate, CompareError, check_seeds, parse_candidates
 from .command import check_command, make_runner
+from .evaluation import check_evaluation
 from .identity import command_identity, function_identity, per_run
 from .plan import Job, Outcome, execute, mark_done, plan, prepare, stop_on_terminate
 from .recording import RUN_ENVIRONMENT
@@ -85,6 +86,7 @@ def run_comparison(
     base_env.pop(RUN_ENVIRONMENT, None)  # a comparison started from inside a compared run records its own runs only
     to_run, finished = plan(output_dir, parsed, seeds, per_run(command_identity(command)))
     if to_run:
+        check_evaluation(command)
         check_command(command, base_env)
     if finished:
         print(f"[compare] {len(finished)} finished runs reused, {len(to_run)} to run", file=sys.stderr, flush=True)

@@ -1,0 +1,50 @@
+"""amp_hf.compare.evaluation: a command whose own flags say its runs evaluate nothing is refused before anything
+trains (the upstream scripts' --do_train without --do_eval or an eval_strategy); flags read as argparse reads them."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from amp_hf.compare import CompareError, run_comparison
+from amp_hf.compare.evaluation import check_evaluation, flag_name, flag_value
+
+
+def test_flags_are_read_as_the_scripts_parser_reads_them():
+    assert flag_name("--do-ev") == "do_eval" and flag_name("--eval_str=epoch") == "eval_strategy"
+    assert flag_name("--do_") is None and flag_name("--eval_st") is None  # ambiguous prefixes: argparse refuses them
+    command = ["python", "train.py", "--do_eval", "--eval_strategy", "epoch", "--do_eval", "false", "--eval-str=no"]
+    assert flag_value(command, "do_eval", boolean=True) == "false" and flag_value(command, "eval_strategy") == "no"
+    assert flag_value(["--do_train", "--x"], "do_train", boolean=True) == "true"
+    assert flag_value(["--x"], "do_eval", boolean=True) is None
+
+
+@pytest.mark.parametrize(
+    "flags, refused",
+    [
+        (["--do_train"], True),  # the upstream scripts: nothing evaluated, nothing to compare
+        (["--do_train", "--do_eval"], False),  # one evaluation after training
+        (["--do_train", "--do_ev", "true"], False),
+        (["--do_train", "--eval_strategy", "epoch"], False),
+        (["--do_train", "--do_eval", "--eval_strategy=no"], False),
+        (["--do_train", "--eval_strategy", "no"], True),
+        (["--eval_strategy", "no", "--do_eval", "False"], True),
+        ([], False),  # the flags say nothing (a script that evaluates on its own): not refused
+        (["config.json"], False),
+    ],
+)
+def test_a_command_that_evaluates_nothing_is_refused(flags, refused):
+    command = ["python", "run_classification.py", "--model_name_or_path", "m", *flags]
+    if refused:
+        with pytest.raises(CompareError, match=r"evaluate nothing.*Add --do_eval"):
+            check_evaluation(command)
+    else:
+        check_evaluation(command)
+
+
+def test_the_comparison_is_refused_before_anything_runs(tmp_path):
+    command = [sys.executable, "-c", "raise SystemExit('never run')", "--do_train", "--output_dir", "x"]
+    with pytest.raises(CompareError, match="evaluate nothing"):
+        run_comparison(command, seeds=[0, 1], candidates=["cnn_long_noisy"], output_dir=tmp_path / "cmp")
+    assert not (tmp_path / "cmp" / "runs").exists()
