@@ -10,7 +10,9 @@ import subprocess
 import sys
 import time
 import weakref
+from types import SimpleNamespace
 
+import torch
 from compare_script import MLP, Points, ScriptArguments, accuracy, train
 from transformers import Trainer, TrainerCallback
 
@@ -116,3 +118,16 @@ def test_importing_amp_hf_does_not_import_the_compare_package():
     code = "import amp_hf, sys; print('amp_hf.compare' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.stdout.strip() == "False", done.stderr[-2000:]
+
+
+def test_each_other_process_of_a_run_writes_its_own_measurement(tmp_path):
+    recorder = ComparisonRecorder(tmp_path)
+    args, state = (
+        SimpleNamespace(device=torch.device("cpu"), process_index=1),
+        SimpleNamespace(is_world_process_zero=False),
+    )
+    recorder.on_train_begin(args, state, None, optimizer=torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1))
+    recorder.on_train_end(args, state, None)
+    assert [p.name for p in tmp_path.iterdir()] == ["compare_measured.process-1.json"]  # nothing else: main's files
+    measured = json.loads((tmp_path / "compare_measured.process-1.json").read_text())
+    assert measured["optimizer"] == "SGD" and measured["memory_kind"] == "resident"

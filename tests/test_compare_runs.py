@@ -103,6 +103,8 @@ def test_what_a_run_cost(tmp_path):
     assert record.samples_per_second == pytest.approx(160 / 6.0)
     assert (record.peak_memory_bytes, record.memory_kind, record.optimizer) == (2**30, "accelerator", "SGD")
     assert (record.devices, record.attempts, record.trainer_class) == (2, 2, "AMPTrainer")
+    write_json(folder / "compare_measured.process-1.json", {**measured, "peak_memory_bytes": 3 * 2**30})
+    assert RunRecord.read(folder, "erm", 0).peak_memory_bytes == 3 * 2**30  # the largest over the processes
 
 
 class ScriptArguments(AMPTrainingArguments):

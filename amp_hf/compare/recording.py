@@ -10,7 +10,8 @@ then), which writes what compare reads even when the script never calls `save_st
   `test_results.json`), as `save_metrics` would write them;
 - `compare_run.json`: the training arguments that decide what the numbers mean (`load_best_model_at_end`,
   `metric_for_best_model`, `greater_is_better`, `seed`), the AMP settings the run actually used, the trainer's class,
-  and what the run cost (`measured`: see `Measurement`).
+  and what the run cost (`measured`: see `Measurement`); in a run of several processes, each other process writes what
+  it measured to `compare_measured.process-<k>.json` (the run's peak memory is the largest).
 
 A script that does call save_state / save_metrics writes the same files with the same contents; either order is fine.
 A plain `transformers.Trainer` (an ERM baseline without AMP code) records the same with
@@ -38,6 +39,8 @@ from .jsonfiles import write_json
 RUN_ENVIRONMENT = COMPARE_RUN
 """Set by compare for each run it starts: the run's folder."""
 RUN_FILE = "compare_run.json"
+PROCESS_FILE = "compare_measured.process-{}.json"
+"""What each process but the main one measured in a run of several processes (its own device's peak memory)."""
 RECORDED_ARGUMENTS = ("load_best_model_at_end", "metric_for_best_model", "greater_is_better", "seed", "output_dir")
 ACCELERATOR, RESIDENT = "accelerator", "resident"
 """What `peak_memory_bytes` measures: the CUDA device's peak allocated memory, or the process's peak resident size."""
@@ -207,6 +210,9 @@ class ComparisonRecorder(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         self.training = False
         self.measurement.end()
+        if self.folder is not None and not state.is_world_process_zero:  # its device's peak: the run's is the max
+            process = getattr(args, "process_index", 0)
+            write_json(self.folder / PROCESS_FILE.format(process), self.measurement.to_dict(self.optimizer))
         if self._records(state):
             self._write_run(args, self.measurement.to_dict(self.optimizer))
             self._write_state(state)

@@ -34,7 +34,7 @@ from typing import Any
 from .candidates import CompareError
 from .identity import changes
 from .jsonfiles import number, read_json
-from .recording import RECORDED_ARGUMENTS, RUN_FILE
+from .recording import PROCESS_FILE, RECORDED_ARGUMENTS, RUN_FILE
 from .saved_arguments import read_saved_arguments
 
 DONE_FILE = "compare_done.json"
@@ -117,6 +117,8 @@ class RunRecord:
     """compare_run.json, as the recorder wrote it ({} without the recorder)."""
     done: dict[str, Any] = field(default_factory=dict)
     """compare_done.json, the done-marker ({} when not there)."""
+    processes: list[dict[str, Any]] = field(default_factory=list)
+    """What the other processes of a run of several measured (`recording.PROCESS_FILE`)."""
 
     @classmethod
     def read(cls, folder: Path, candidate: str, seed: int) -> RunRecord:
@@ -135,9 +137,10 @@ class RunRecord:
         recorded = read_json(folder / RUN_FILE)
         recorded = recorded if isinstance(recorded, dict) else {}
         amp = recorded.get("amp_config")
+        processes = [read_json(path) for path in sorted(folder.glob(PROCESS_FILE.format("*")))]
         return cls(
             candidate, seed, folder, state, results, _training_args(folder, recorded), amp, recorded,
-            read_done(folder) or {},
+            read_done(folder) or {}, [p for p in processes if isinstance(p, dict)],
         )  # fmt: skip
 
     # ------------------------------------------------------------------------------------------------ the history
@@ -250,8 +253,15 @@ class RunRecord:
 
     @property
     def peak_memory_bytes(self) -> int | None:
-        value = number(self.measured.get("peak_memory_bytes"))
-        return int(value) if value is not None and value == value else None
+        """The largest peak over the run's processes (the main one's `measured` and the others' files), each on its
+        own device; None when the main process recorded none."""
+        kind = self.measured.get("memory_kind")
+        peaks = [
+            number(m.get("peak_memory_bytes")) for m in [self.measured, *self.processes] if m.get("memory_kind") == kind
+        ]
+        if not peaks or peaks[0] is None:
+            return None
+        return int(max(p for p in peaks if p is not None and p == p))
 
     @property
     def memory_kind(self) -> str:
