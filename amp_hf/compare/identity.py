@@ -205,12 +205,13 @@ def _mapping_changes(what: str, recorded: Mapping[str, Any], now: Mapping[str, A
 def changes(recorded: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
     """What differs between a finished run's recorded identity and the identity a run would have now, in words
     ("train.py changed", "transformers changed (5.1.0 → 5.2.0)"), for every key of `now`; empty when nothing does."""
-    out: list[str] = []
+    unrecorded = [key for key in now if key not in recorded]
+    out = [f"it was recorded without its {', '.join(unrecorded)} (by an older amp_hf)"] if unrecorded else []
     for key, value in now.items():
         old = recorded.get(key)
         if key not in recorded:
-            out.append(f"its {key} was not recorded (a run of an older amp_hf)")
-        elif key == "files":
+            continue
+        if key == "files":
             out += _mapping_changes("part of the command", old or {}, value)
         elif key == "versions":
             out += _mapping_changes("a library", old or {}, value)
