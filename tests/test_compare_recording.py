@@ -110,6 +110,10 @@ def test_a_plain_trainer_records_with_the_callback(tmp_path, monkeypatch):
     run = json.loads((tmp_path / "compare_run.json").read_text())
     assert run["trainer"] is None and run["amp_config"] is None and run["training_args"]["seed"] == 1
     assert run["measured"]["optimizer"] == "AdamW" and (tmp_path / "trainer_state.json").is_file()
+    mine = ComparisonRecorder()  # the callback given to an AMPTrainer too: bound to it, not doubled
+    amp = AMPTrainer(model=MLP(), args=arguments(tmp_path, seed=1, eval_strategy="no"), callbacks=[mine])
+    assert [c for c in amp.callback_handler.callbacks if isinstance(c, ComparisonRecorder)] == [mine]
+    assert mine.trainer is amp
     monkeypatch.delenv(RUN_ENVIRONMENT)
     assert ComparisonRecorder().folder is None  # outside a comparison the callback records nothing
 
