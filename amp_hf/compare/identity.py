@@ -31,7 +31,7 @@ from typing import Any
 
 LIBRARIES = ("torch", "transformers", "accelerate")
 """Besides amp_hf, the libraries whose version is part of a run's identity."""
-CONTENT_SUFFIXES = (".py", ".json", ".jsonc", ".yaml", ".yml", ".toml", ".cfg", ".ini", ".sh")
+CONTENT_SUFFIXES = (".py", ".json", ".yaml", ".yml", ".toml", ".cfg", ".ini", ".sh")
 """Files named in a command whose content is part of a run's identity: code and configuration."""
 LARGEST_HASHED = 256 * 2**20
 """Larger files (a data set given as .json) are identified by their size: hashing gigabytes at every start costs more
