@@ -21,7 +21,6 @@ import argparse
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import fields
-from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -30,7 +29,7 @@ from . import selection
 from .config import AMPConfig
 from .micro_batch import MicroBatchAMP, announce, warn_if_defaults_misfit
 from .perturbation import AscentResult
-from .presets import preset_config
+from .presets import SETTING_NAMES, resolve
 from .sharding import fsdp_plugin_problem, is_partitioned, is_sharded
 from .training_args import AMPArgumentsMixin
 from .wrapped_models import grad_scaler_scale, is_fsdp2, unwrapped
@@ -38,8 +37,6 @@ from .wrapped_models import grad_scaler_scale, is_fsdp2, unwrapped
 LossFn = Callable[[torch.nn.Module, Any], torch.Tensor]
 """`loss_fn(module, batch)`: the micro-batch's mean loss with `module` (the model without its DDP wrapper)."""
 
-SETTING_NAMES = tuple(f"amp_{f.name}" for f in fields(AMPConfig))
-"""The keyword arguments `AMP` takes: the `amp_*` fields of `AMPTrainingArguments`, with the same meaning."""
 
 REFUSED_BACKENDS = {
     "FSDP": "only FSDP2 (`fully_shard`, accelerate's fsdp_version 2) without CPU offload is supported; FSDP1's flat "
@@ -51,21 +48,6 @@ REFUSED_BACKENDS = {
     "MEGATRON_LM": "Megatron-LM's model and tensor parallelism hide the whole parameter tensors",
 }
 """accelerate `DistributedType` names the custom-loop API refuses, and why."""
-
-
-def config_from_settings(config: AMPConfig | None = None, **amp_settings: Any) -> AMPConfig:
-    """One validated `AMPConfig` from `amp_*` keywords (the names of `AMPTrainingArguments`), over `config`.
-
-    The validation is `AMPConfig`'s own, so the messages name the same `amp_*` field as the Trainer path does.
-    A preset comes in as `config` (`presets.preset_config`); the explicit keywords win over it.
-    """
-    unknown = sorted(set(amp_settings) - set(SETTING_NAMES))
-    if unknown:
-        raise ValueError(f"AMP got unknown setting(s) {unknown}; allowed: {', '.join(SETTING_NAMES)}")
-    base = config if config is not None else AMPConfig()
-    values = {name: getattr(base, name[len("amp_") :]) for name in SETTING_NAMES}
-    values.update(amp_settings)
-    return AMPConfig.from_args(SimpleNamespace(**values))
 
 
 def default_loss(module: torch.nn.Module, batch: Any) -> torch.Tensor:
@@ -122,11 +104,11 @@ class AMP:
         **amp_settings: Any,
     ) -> None:
         reference_defaults = amp_preset is None and config is None and not amp_settings
-        if amp_preset is not None:
-            if config is not None:
-                raise ValueError("AMP takes amp_preset or config, not both: the preset would be ignored")
-            config = preset_config(amp_preset)  # its amp_* values; the explicit keywords below win
-        self.config = config_from_settings(config, **amp_settings)
+        if amp_preset is not None and config is not None:
+            raise ValueError("AMP takes amp_preset or config, not both: the preset would be ignored")
+        if config is not None:  # a whole config is explicit values for every setting; the keywords win over it
+            amp_settings = {**{f"amp_{f.name}": getattr(config, f.name) for f in fields(AMPConfig)}, **amp_settings}
+        self.config = resolve(amp_preset, amp_settings)
         self.model = model
         self.accelerator = accelerator
         self.loss_fn = loss_fn or default_loss

@@ -60,10 +60,13 @@ CLOSURE_STEP = (
     "optimizer.step() without a closure."
 )
 PRESET_ADVICE = (
-    "amp_preset='finetune' (AMP off: fine-tuning a pretrained model), 'text_finetune' (a small ball for text "
-    "fine-tuning) or 'vit_from_scratch' (a vision transformer trained from scratch with AdamW); amp_hf.presets lists "
-    "them"
+    "amp_preset='finetune' (plain ERM, AMP off, for fine-tuning a pretrained model: on text the studies found no AMP "
+    "setting that helps; vision was not measured), 'vit_from_scratch' (plain ERM: a vision transformer trained from "
+    "scratch with AdamW), or compare AMP candidates such as 'sam' with ERM on your task first (python -m "
+    "amp_hf.compare, docs/compare.md); amp_hf.presets lists the presets"
 )
+"""What the reference-defaults warning offers instead; each preset in parentheses is described by what it resolves to
+(tests/test_presets.py checks that every one called plain ERM is, and no other)."""
 
 
 class MicroBatchAMP:

@@ -35,7 +35,11 @@ KINDS = (RECOMMENDATION, METHOD)
 EVIDENCE_FILE = "benchmarks/results/recommended.json"
 """The file, relative to the repository root, where the studies write the settings they chose and their numbers."""
 
-SCALAR_ARGUMENTS: tuple[str, ...] = tuple(f"amp_{f.name}" for f in fields(AMPConfig) if f.name not in PATTERN_FIELDS)
+SETTING_NAMES: tuple[str, ...] = tuple(f"amp_{f.name}" for f in fields(AMPConfig))
+"""Every `amp_*` setting (the fields of `AMPTrainingArguments` but `amp_preset`), as `resolve` takes them."""
+SCALAR_ARGUMENTS: tuple[str, ...] = tuple(
+    name for name in SETTING_NAMES if name.removeprefix("amp_") not in PATTERN_FIELDS
+)
 """The `amp_*` arguments a preset sets: all but the parameter patterns (`amp_include`, `amp_exclude`), which depend on
 the model's parameter names and stay the user's."""
 
@@ -63,12 +67,19 @@ class Preset:
     methods)."""
     kind: str = RECOMMENDATION
     """`RECOMMENDATION` or `METHOD` (see the module's docstring)."""
+    optimizer: str | None = None
+    """The optimizer the study chose it with ("SGD + momentum", "AdamW"); None for a method, which names no regime.
+    `optimizer_family` compares it with a run's optimizer: a preset used with another family is outside its regime."""
+    pretrained: bool | None = None
+    """Whether it was chosen fine-tuning pretrained weights (True) or training from scratch (False); None: no regime."""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"Preset {self.name}: kind must be one of {KINDS}, got {self.kind!r}")
         if self.kind == METHOD and self.study_entry is not None:
             raise ValueError(f"Preset {self.name}: a method is no study's recommendation; study_entry must be None")
+        if self.kind == RECOMMENDATION and (self.optimizer is None or self.pretrained is None):
+            raise ValueError(f"Preset {self.name}: a recommendation names its regime (optimizer and pretrained)")
 
     @property
     def is_method(self) -> bool:
@@ -78,6 +89,14 @@ class Preset:
     def arguments(self) -> dict[str, Any]:
         """Every scalar `amp_*` argument: the defaults, overridden by the preset's settings."""
         return {**DEFAULT_ARGUMENTS, **self.settings}
+
+    @property
+    def regime(self) -> str | None:
+        """The regime it was chosen in, in words ("SGD + momentum, from scratch"); None for a method."""
+        if self.optimizer is None:
+            return None
+        start = {True: "fine-tuning pretrained weights", False: "from scratch", None: None}[self.pretrained]
+        return ", ".join(part for part in (self.optimizer, start) if part)
 
     @property
     def key(self) -> str:
@@ -109,6 +128,8 @@ _ALL: tuple[Preset, ...] = (
         evidence="frontier study: on held-out Fashion-MNIST 5k with 20% wrong labels, 40 epochs, 28% fewer test errors "
         "than ERM's final weights at 1.24x its time (docs/cheap-amp.md, benchmarks/results/frontier_long.json)",
         study_entry="cnn_long_noisy",
+        optimizer="SGD + momentum",
+        pretrained=False,
     ),
     Preset(
         name="vit_from_scratch",
@@ -118,6 +139,8 @@ _ALL: tuple[Preset, ...] = (
         evidence="transfer study: no AMP candidate beat ERM on both tuning seeds; the closest was worse on clean "
         "held-out MNIST and within noise on noisy MNIST (docs/transfer-study.md)",
         study_entry="vit_from_scratch",
+        optimizer="AdamW",
+        pretrained=False,
     ),
     Preset(
         name="text_finetune",
@@ -127,6 +150,8 @@ _ALL: tuple[Preset, ...] = (
         evidence="transfer study: every candidate stalled on a tuning seed; the closest was within noise on clean "
         "held-out text and 4.7% better only with 20% wrong labels (docs/transfer-study.md)",
         study_entry="text_finetune",
+        optimizer="AdamW",
+        pretrained=True,
     ),
     Preset(
         name="finetune",
@@ -135,6 +160,8 @@ _ALL: tuple[Preset, ...] = (
         when="fine-tuning any pretrained model (text or vision): plain ERM; AMP's reference defaults collapse it",
         evidence="the text_finetune evidence (docs/transfer-study.md); no pretrained vision model was measured",
         study_entry="text_finetune",
+        optimizer="AdamW",
+        pretrained=True,
     ),
     Preset(
         name="cnn",
@@ -144,6 +171,8 @@ _ALL: tuple[Preset, ...] = (
         evidence="transfer study's CNN control, Fashion-MNIST 5k, 20% wrong labels, 15 epochs: the reference defaults "
         "made 19% more test errors than early-stopped ERM (docs/transfer-study.md)",
         study_entry="cnn",
+        optimizer="SGD + momentum",
+        pretrained=False,
     ),
     Preset(
         name="reference",
@@ -153,6 +182,8 @@ _ALL: tuple[Preset, ...] = (
         "ERM's time instead of ~1.9x",
         evidence="the paper's tables (docs/how-it-works.md); full AMP in the frontier study (docs/cheap-amp.md)",
         study_entry=None,
+        optimizer="SGD + momentum",
+        pretrained=False,
     ),
     Preset(
         name="sam",
@@ -184,6 +215,18 @@ PRESETS: Mapping[str, Preset] = MappingProxyType(
     {p.name: max((q for q in _ALL if q.name == p.name), key=lambda q: q.version) for p in _ALL}
 )
 """The newest version of each preset, by name."""
+
+
+def optimizer_family(name: str) -> str:
+    """The family of an optimizer, by its name or a preset's `optimizer` ("AdamW", "torch.optim.SGD", "SGD +
+    momentum"): "adam" for the Adam family (Adam, AdamW, fused and 8-bit variants), "sgd" for SGD, else the name in
+    lower case. A family, not a class: momentum and weight decay cannot be read from a class name."""
+    lowered = name.lower().rsplit(".", 1)[-1]
+    if "adam" in lowered:
+        return "adam"
+    if lowered.startswith("sgd"):
+        return "sgd"
+    return lowered
 
 
 def names() -> list[str]:
@@ -223,8 +266,22 @@ def get_preset(name: str) -> dict[str, Any]:
     return find_preset(name).arguments()
 
 
+def resolve(preset: str | None = None, explicit: Mapping[str, Any] | None = None) -> AMPConfig:
+    """The validated `AMPConfig` of `preset` (a name or `name@version`; None: the reference defaults) with the
+    `explicit` `amp_*` values (`{"amp_epsilon": 0.1}`) winning over the preset's, also when equal to the defaults.
+
+    The one place where a preset and explicit settings become AMP's settings: `AMPTrainingArguments`, the custom-loop
+    `AMP`, `preset_config` and compare's candidates and report all call it, so they cannot disagree on what a preset
+    plus a flag means. Unknown names and bad values are refused with a ValueError naming the `amp_*` field."""
+    given = dict(explicit or {})
+    unknown = sorted(set(given) - set(SETTING_NAMES))
+    if unknown:
+        raise ValueError(f"unknown setting(s) {unknown}; allowed: {', '.join(SETTING_NAMES)}")
+    values = {**(DEFAULT_ARGUMENTS if preset is None else find_preset(preset).arguments()), **given}
+    return AMPConfig(**{name.removeprefix("amp_"): value for name, value in values.items()})
+
+
 def preset_config(name: str, **explicit: Any) -> AMPConfig:
     """The validated `AMPConfig` of preset `name`, with `explicit` settings (AMPConfig's names: `epsilon=0.1`, ...)
     winning over the preset's, as explicit `amp_*` arguments do: for code that builds AMP outside the Trainer."""
-    values = {key.removeprefix("amp_"): value for key, value in get_preset(name).items()}
-    return AMPConfig(**{**values, **explicit})
+    return resolve(name, {f"amp_{key}": value for key, value in explicit.items()})

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from transformers import Seq2SeqTrainingArguments, TrainingArguments
 
 from .config import NORMS, AMPConfig
-from .presets import DEFAULT_ARGUMENTS, SCALAR_ARGUMENTS, find_preset, method_names
+from .presets import SCALAR_ARGUMENTS, SETTING_NAMES, find_preset, method_names, resolve
 from .presets import names as preset_names
 
 logger = logging.getLogger(__name__)
@@ -93,20 +93,19 @@ class AMPArgumentsMixin:
     )
 
     def __post_init__(self) -> None:
-        self._resolve_amp_arguments()
-        super().__post_init__()  # the TrainingArguments checks, then ours
-        self.amp_config  # noqa: B018 - building it validates every amp_* field, naming the bad one
+        self._resolve_amp_arguments()  # validates every amp_* field, naming the bad one
+        super().__post_init__()
 
     def _resolve_amp_arguments(self) -> None:
-        """Every amp_* field left at None takes the preset's value (or the default): afterwards all hold concrete
-        values, and `amp_given` records which were given explicitly (None is how "not given" survives parsing)."""
-        given = [name for name in (*SCALAR_ARGUMENTS, "amp_include", "amp_exclude") if getattr(self, name) is not None]
+        """Every amp_* field left at None takes the preset's value (or the default), as `presets.resolve` decides:
+        afterwards all hold concrete values, and `amp_given` records which were given explicitly (None is how "not
+        given" survives parsing). Bad values are refused here, naming the field."""
+        given = {name: getattr(self, name) for name in SETTING_NAMES if getattr(self, name) is not None}
         self._amp_given = frozenset(given)
-        values = DEFAULT_ARGUMENTS
+        config = resolve(self.amp_preset, given)
         if self.amp_preset is not None:
             preset = find_preset(self.amp_preset)
-            values = preset.arguments()
-            if values["amp_inner_steps"] == 0 and given and "amp_inner_steps" not in given:
+            if given and not config.enabled and not resolve(self.amp_preset).enabled:
                 logger.warning(
                     "amp_preset=%r is plain ERM (amp_inner_steps=0): the explicit %s take effect only if "
                     "amp_inner_steps is given too",
@@ -118,11 +117,11 @@ class AMPArgumentsMixin:
                 preset.key,
                 " (a method from the literature, not a recommendation)" if preset.is_method else "",
                 dict(preset.settings),
-                given or "none",
+                list(given) or "none",
             )
         for name in SCALAR_ARGUMENTS:
-            if name not in self._amp_given:
-                setattr(self, name, values[name])
+            if name not in given:
+                setattr(self, name, getattr(config, name.removeprefix("amp_")))
 
     @property
     def amp_given(self) -> frozenset[str]:

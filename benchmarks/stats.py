@@ -1,5 +1,9 @@
 """Paired statistics over seeds, per-task summaries of runs, shares of a full method's error cut, and the studies'
 choice rules. Every choice here reads validation errors only; none looks at a test set.
+
+The verdicts are the library's (amp_hf.compare.statistics, the rule compare uses): a study's table says "better",
+"worse", "no evidence" or "too few seeds", family-wise adjusted over the task's comparisons; the older "within noise
+when |mean| <= std" rule, much looser than a 95% interval, is gone.
 """
 
 from __future__ import annotations
@@ -7,7 +11,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from amp_hf.compare.statistics import paired_difference
+from amp_hf.compare.statistics import PairedDifference, judge_family, paired_difference
 
 from .methods import Method, passes_per_step
 from .tasks import TASKS
@@ -16,23 +20,30 @@ TIME_GOAL, SHARE_GOAL = 1.3, 0.8
 """A cheap setting is worth recommending when it keeps >= 80% of full AMP's cut at <= 1.3x ERM's time."""
 
 
+def _paired_dict(paired: PairedDifference, erm: dict[int, float]) -> dict[str, Any]:
+    """A judged paired difference as the studies' reports hold it: the library's own fields (ci95, p_value,
+    p_adjusted, verdict, reason, ...) plus the relative change of the mean error; `std` is 0 for one seed so that the
+    reports' "mean ± std" cells always have a number."""
+    erm_mean = statistics.mean(erm[s] for s in paired.seeds) if paired.seeds else 0.0
+    out = paired.to_dict()
+    out["std"] = paired.std if paired.std is not None else 0.0
+    out["relative_change"] = paired.mean / erm_mean if erm_mean and paired.mean is not None else 0.0
+    return out
+
+
 def paired_stats(erm: dict[int, float], amp: dict[int, float]) -> dict[str, Any]:
-    """AMP − ERM (errors: lower is better) over the seeds both have, computed by the library's paired statistics
-    (amp_hf.compare.statistics, written once): mean, std (0 for one seed), relative change of the mean error, seeds
-    won by AMP, and whether the difference is within noise (|mean| <= std). The keys are the ones the committed
-    study reports hold; `paired_difference` itself also gives the t-based 95% interval and verdict."""
-    paired = paired_difference(erm, amp, greater_is_better=False)
-    erm_mean = statistics.mean(erm[s] for s in paired.seeds)
-    std = paired.std if paired.std is not None else 0.0
-    return {
-        "seeds": paired.seeds,
-        "differences": paired.differences,
-        "mean": paired.mean,
-        "std": std,
-        "relative_change": paired.mean / erm_mean if erm_mean else 0.0,
-        "wins": paired.wins,
-        "within_noise": abs(paired.mean) <= std,
-    }
+    """AMP − ERM (errors: lower is better) over the seeds both have, judged alone by the library's rule
+    (amp_hf.compare.statistics: the paired t interval, 'too few seeds' below 3, the sign-flip test at zero spread).
+    A study that reports several comparisons judges them together with `paired_family`."""
+    return _paired_dict(paired_difference(erm, amp, greater_is_better=False), erm)
+
+
+def paired_family(pairs: dict[Any, tuple[dict[int, float], dict[int, float]]]) -> dict[Any, dict[str, Any]]:
+    """{key: (erm errors, amp errors)} judged as one family (Holm over every comparison given, as compare does over
+    candidates × baselines): a study's table of verdicts keeps its family-wise error at 5%."""
+    keys = list(pairs)
+    judged = judge_family([paired_difference(*pairs[k], greater_is_better=False) for k in keys])
+    return {k: _paired_dict(p, pairs[k][0]) for k, p in zip(keys, judged)}
 
 
 def share_of_cut(erm: float, full: float, setting: float) -> float | None:
@@ -48,6 +59,12 @@ def summarise_task(task: str, done: dict[Any, dict], methods: list[str], seeds) 
             for m in ["ERM", *methods]}  # fmt: skip
     erm = rows["ERM"]
     out: dict[str, Any] = {"role": TASKS[task].role, "title": TASKS[task].title, "methods": {}}
+    pairs = {}
+    for m, by_seed in rows.items():
+        if m != "ERM" and erm and by_seed:
+            for key, field in (("paired", "test_error"), ("paired_final", "final_test_error")):
+                pairs[(m, key)] = ({s: r[field] for s, r in erm.items()}, {s: r[field] for s, r in by_seed.items()})
+    judged = paired_family(pairs)  # the task's family: every method at both baselines
     for m, by_seed in rows.items():
         if not by_seed:
             continue
@@ -68,10 +85,7 @@ def summarise_task(task: str, done: dict[Any, dict], methods: list[str], seeds) 
             "amp_skipped": sum(r["amp_skipped"] for r in by_seed.values()),
         }
         if m != "ERM" and erm:
-            entry["paired"] = paired_stats({s: r["test_error"] for s, r in erm.items()},
-                                           {s: r["test_error"] for s, r in by_seed.items()})  # fmt: skip
-            entry["paired_final"] = paired_stats({s: r["final_test_error"] for s, r in erm.items()},
-                                                 {s: r["final_test_error"] for s, r in by_seed.items()})  # fmt: skip
+            entry["paired"], entry["paired_final"] = judged[(m, "paired")], judged[(m, "paired_final")]
             paired_seeds = [s for s in by_seed if s in erm]
             entry["time_vs_erm"] = statistics.mean(by_seed[s]["train_seconds"] for s in paired_seeds) / statistics.mean(
                 erm[s]["train_seconds"] for s in paired_seeds

@@ -44,8 +44,8 @@ PROTOCOL
 - Evaluation: seeds 0, 1, 2 on every non-tuning task (3 and 4 too where the paired difference over those three is
   below one point), ERM vs the family's best candidate (the recommendation is
   either that candidate or ERM itself). Per task: ERM and AMP test error mean ± std, the paired difference AMP − ERM
-  (mean ± std over seeds), relative change, seeds won by AMP, ERM's final training loss; 'within noise' when
-  |mean difference| <= its std.
+  (mean ± std over seeds), relative change, seeds won by AMP, ERM's final training loss, and the library's verdict
+  (amp_hf.compare.statistics: the paired t interval, Holm over the task's comparisons, "too few seeds" below 3).
 - CNN control and cost/accuracy frontier, on cnn_fmnist_noisy, seeds 0, 1, 2: ERM, full AMP defaults, ascent
   fraction 0.5 / 0.25 / 0.125, fraction 0.25 + interval 2 (interval 2 alone and AMP from 50% of the steps are
   defined but trimmed: 1.5 passes per step, above the 1.3x goal whatever they buy). For each: test error,
@@ -204,7 +204,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines = ["## Transfer: ERM vs the family's best candidate (test error %, best-validation weights)", ""]
     lines += [
         "| task | role | ERM | AMP (best candidate) | paired Δ AMP−ERM | rel. | seeds won | final-weights Δ "
-        "| final train loss ERM / AMP | best epochs ERM / AMP | AMP time vs ERM (wall, CPU) | verdict |",
+        "| final train loss ERM / AMP | best epochs ERM / AMP | AMP time vs ERM (wall, CPU) | verdict [95% CI] |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for family in ("vit", "text"):
@@ -217,7 +217,9 @@ def markdown(report: dict[str, Any]) -> str:
             if not erm or not m:
                 continue
             p, pf = m["paired"], m["paired_final"]
-            verdict = "within noise" if p["within_noise"] else ("AMP better" if p["mean"] < 0 else "AMP worse")
+            verdict = {"better": "AMP better", "worse": "AMP worse"}.get(p["verdict"], p["verdict"])
+            if p["ci95"] is not None:  # the raw interval beside the (family-adjusted) verdict, in points
+                verdict += f" [{100 * p['ci95'][0]:+.2f}, {100 * p['ci95'][1]:+.2f}]"
             lines.append(
                 f"| {task} | {summary['role']} | {pct(erm['test_error_mean'])} ± {pct(erm['test_error_std'])} "
                 f"| {best}: {pct(m['test_error_mean'])} ± {pct(m['test_error_std'])} "

@@ -13,6 +13,7 @@ from benchmarks.stats import (
     choose_cheap,
     choose_cheapest_keeping_cut,
     cut_shares,
+    paired_family,
     paired_stats,
     share_of_cut,
 )
@@ -46,15 +47,32 @@ def test_choice_recommends_the_best_only_if_it_beats_erm_on_every_tuning_seed():
     assert c["best"] == "b" and c["recommended"] == "ERM"
 
 
-def test_paired_statistics():
+def test_paired_statistics_use_the_library_verdict():
     p = paired_stats({0: 0.20, 1: 0.22, 2: 0.21}, {0: 0.18, 1: 0.21, 2: 0.22})
     assert p["differences"] == pytest.approx([-0.02, -0.01, 0.01])
     assert p["mean"] == pytest.approx(-0.02 / 3)
     assert p["std"] == pytest.approx(np.std([-0.02, -0.01, 0.01], ddof=1))
-    assert p["wins"] == 2 and p["within_noise"]
+    assert p["wins"] == 2 and p["verdict"] == "no evidence" and "within_noise" not in p
     assert p["relative_change"] == pytest.approx((-0.02 / 3) / 0.21)
     p = paired_stats({0: 0.2, 1: 0.2, 2: 0.2}, {0: 0.1, 1: 0.11, 2: 0.12, 3: 0.5})  # seed 3 has no ERM pair
-    assert p["seeds"] == [0, 1, 2] and p["wins"] == 3 and not p["within_noise"]
+    assert p["seeds"] == [0, 1, 2] and p["wins"] == 3 and p["verdict"] == "better"  # errors: lower is better
+    # |mean| > std, which the old "within noise" rule called a result, but the 95% interval [-2.72, +0.12] points
+    # contains 0 (issue 30's README row: -1.30 ± 0.57 points on 3 seeds): no evidence
+    p = paired_stats({0: 0.20, 1: 0.20, 2: 0.20}, {0: 0.2 - 0.0130 - 0.0057, 1: 0.2 - 0.0130 + 0.0057, 2: 0.187})
+    assert abs(p["mean"]) > p["std"] and p["ci95"] == pytest.approx([-0.0272, 0.0012], abs=2e-4)
+    assert p["verdict"] == "no evidence"
+    assert paired_stats({0: 0.2, 1: 0.2}, {0: 0.1, 1: 0.11})["verdict"] == "too few seeds"
+    assert paired_stats({0: 0.2}, {0: 0.1})["std"] == 0.0  # the reports' "mean ± std" cells always have a number
+
+
+def test_a_study_judges_its_comparisons_as_one_family():
+    erm = {0: 0.0, 1: 0.0, 2: 0.0}
+    lone = (erm, {0: -0.010, 1: -0.016, 2: -0.020})  # alone: p ≈ 0.033, better
+    null = (erm, {0: 0.010, 1: -0.012, 2: 0.003})
+    assert paired_stats(*lone)["verdict"] == "better"
+    judged = paired_family({"a": lone, "b": null, "c": null})
+    assert judged["a"]["verdict"] == "no evidence" and judged["a"]["family_size"] == 3
+    assert judged["a"]["p_adjusted"] == pytest.approx(3 * judged["a"]["p_value"])
 
 
 def test_share_of_cut():
@@ -99,6 +117,9 @@ def test_shares_of_the_full_cut_and_the_goal():
     assert rows["f=0.25"]["passes_vs_erm"] == pytest.approx(1.25)
     assert "every 4" not in rows  # methods without runs are left out
     assert summary["full_amp_relative_cut_final"] == pytest.approx(0.6, abs=0.01)
+    # every method at both baselines is one family: 2 methods with runs beyond the defaults, + the defaults, × 2
+    assert rows["f=0.25"]["paired"]["family_size"] == 6 and rows["f=0.25"]["paired_final"]["family_size"] == 6
+    assert rows["f=0.25"]["paired"]["verdict"] == "no evidence"  # equal differences on every seed: sign-flip p = 0.25
 
 
 def test_cheap_choice_uses_validation_errors_and_the_time_goal():

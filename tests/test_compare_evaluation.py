@@ -8,16 +8,7 @@ import sys
 import pytest
 
 from amp_hf.compare import CompareError, run_comparison
-from amp_hf.compare.evaluation import check_evaluation, flag_name, flag_value
-
-
-def test_flags_are_read_as_the_scripts_parser_reads_them():
-    assert flag_name("--do-ev") == "do_eval" and flag_name("--eval_str=epoch") == "eval_strategy"
-    assert flag_name("--do_") is None and flag_name("--eval_st") is None  # ambiguous prefixes: argparse refuses them
-    command = ["python", "train.py", "--do_eval", "--eval_strategy", "epoch", "--do_eval", "false", "--eval-str=no"]
-    assert flag_value(command, "do_eval", boolean=True) == "false" and flag_value(command, "eval_strategy") == "no"
-    assert flag_value(["--do_train", "--x"], "do_train", boolean=True) == "true"
-    assert flag_value(["--x"], "do_eval", boolean=True) is None
+from amp_hf.compare.evaluation import check_evaluation
 
 
 @pytest.mark.parametrize(
@@ -25,7 +16,8 @@ def test_flags_are_read_as_the_scripts_parser_reads_them():
     [
         (["--do_train"], True),  # the upstream scripts: nothing evaluated, nothing to compare
         (["--do_train", "--do_eval"], False),  # one evaluation after training
-        (["--do_train", "--do_ev", "true"], False),
+        (["--do_train", "--do_ev", "true"], False),  # read as the script's parser reads it (script_flags)
+        (["--do-train", "--do_eval", "true", "--do_eval=false"], True),  # the last occurrence wins
         (["--do_train", "--eval_strategy", "epoch"], False),
         (["--do_train", "--do_eval", "--eval_strategy=no"], False),
         (["--do_train", "--eval_strategy", "no"], True),

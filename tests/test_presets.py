@@ -76,6 +76,80 @@ def test_preset_config_for_code_outside_the_trainer():
         presets_module.preset_config("nope")
 
 
+@pytest.mark.parametrize(
+    ("preset", "explicit"),
+    [
+        (None, {}),
+        ("cnn_long_noisy", {}),
+        ("cnn_long_noisy@1", {"amp_epsilon": 0.1, "amp_exclude": ["bias"]}),
+        ("finetune", {"amp_inner_steps": 1}),  # an explicit value beats an ERM preset's off switch
+        ("sam", {"amp_ascent_fraction": 1.0}),  # explicit, also when equal to the default
+        (None, {"amp_norm": "global", "amp_include": ["norm"]}),
+    ],
+)
+def test_one_resolver_for_every_caller(tmp_path, preset, explicit):
+    """The training arguments, the custom-loop AMP, preset_config and compare's candidates resolve a preset plus
+    explicit amp_* values through presets.resolve: they give the same AMPConfig."""
+    from helpers import TinyClassifier
+
+    from amp_hf import AMP
+    from amp_hf.compare.candidates import parse_candidate
+
+    expected = presets_module.resolve(preset, explicit)
+    args = AMPTrainingArguments(output_dir=str(tmp_path), report_to="none", amp_preset=preset, **explicit)
+    assert args.amp_config == expected
+    assert AMP(TinyClassifier(), amp_preset=preset, **explicit).config == expected
+    candidate = parse_candidate({**({"amp_preset": preset} if preset else {}), **explicit} or {"amp_epsilon": 0.5})
+    assert candidate.config == expected
+    if preset is not None:
+        short = {key.removeprefix("amp_"): value for key, value in explicit.items()}
+        assert presets_module.preset_config(preset, **short) == expected
+
+
+def test_resolve_refuses_unknown_settings_and_bad_values_naming_them():
+    assert presets_module.resolve() == AMPConfig()
+    assert presets_module.resolve("cnn_long_noisy", {"amp_epsilon": 0.1}) == AMPConfig(
+        epsilon=0.1, ascent_fraction=0.125
+    )
+    with pytest.raises(ValueError, match=r"unknown setting\(s\) \['amp_epsilom'\]; allowed: amp_epsilon"):
+        presets_module.resolve(None, {"amp_epsilom": 0.1})
+    with pytest.raises(ValueError, match="amp_norm must be one of"):
+        presets_module.resolve("sam", {"amp_norm": "ball"})
+    with pytest.raises(ValueError, match="amp_preset must be one of"):
+        presets_module.resolve("nope")
+
+
+def test_the_reference_defaults_warning_describes_each_preset_as_what_it_is():
+    """The warning offered 'text_finetune' as "a small ball for text fine-tuning"; that preset is plain ERM."""
+    from amp_hf.micro_batch import PRESET_ADVICE
+
+    offered = re.findall(r"'(\w+)' \(([^)]*)\)", PRESET_ADVICE)
+    assert offered
+    for name, description in offered:
+        assert ("plain ERM" in description) == (not presets_module.resolve(name).enabled), (name, description)
+        assert "ball" not in description or presets_module.resolve(name).enabled, (name, description)
+
+
+def test_every_recommendation_carries_the_regime_it_was_chosen_in():
+    regimes = {name: (p.optimizer, p.pretrained) for name, p in PRESETS.items()}
+    assert regimes == {
+        "cnn_long_noisy": ("SGD + momentum", False),
+        "cnn": ("SGD + momentum", False),
+        "reference": ("SGD + momentum", False),
+        "vit_from_scratch": ("AdamW", False),
+        "text_finetune": ("AdamW", True),
+        "finetune": ("AdamW", True),
+        "sam": (None, None),
+        "asam": (None, None),
+    }
+    assert PRESETS["text_finetune"].regime == "AdamW, fine-tuning pretrained weights" and PRESETS["sam"].regime is None
+    with pytest.raises(ValueError, match="names its regime"):
+        presets_module.Preset("x", 1, {}, "w", "e", study_entry=None)
+    family = presets_module.optimizer_family
+    assert family("AdamW") == family("Adam") == family("AdamW8bit") == family("FusedAdam") == "adam"
+    assert family("SGD") == family("torch.optim.SGD") == family("SGD + momentum") == "sgd" != family("Adafactor")
+
+
 # ------------------------------------------------------------------------- the literature's methods: sam, asam
 def measured(name: str) -> dict:
     """A study's candidate, as the transfer study ran it (benchmarks/transfer.py's ALL_CANDIDATES)."""

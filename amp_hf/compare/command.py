@@ -16,7 +16,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from .candidates import SCALAR_FLAGS, CompareError
+from .candidates import CompareError, check_amp_flags
 from .plan import Job, Outcome, mark_done, prepare
 from .recording import RUN_ENVIRONMENT
 from .runs import LOG_FILE
@@ -49,12 +49,7 @@ def check_command(command: Sequence[str], env: Mapping[str, str] | None = None, 
     plain training). For a launcher (accelerate launch, torchrun) the script's own --help is read, run with python."""
     if not command:
         raise CompareError("no command: give the training command after --, e.g. -- python train.py --do_train ...")
-    taken = sorted({w.split("=")[0] for w in command if w.split("=")[0] in SCALAR_FLAGS})
-    if taken:
-        raise CompareError(
-            f"the command sets {', '.join(taken)}, which the candidates set: put such settings in a JSON candidate "
-            "(e.g. '{\"amp_epsilon\": 0.1}'); only the parameter patterns (--amp_include / --amp_exclude) may stay"
-        )
+    check_amp_flags(command)
     probe = _script_part(command) or list(command)
     try:
         done = subprocess.run(

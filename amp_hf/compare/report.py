@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..presets import find_preset
 from .candidates import ERM_NAME, Candidate, CompareError
 from .runs import TEST, RunRecord, choose_source
 from .statistics import paired_difference
@@ -41,7 +40,7 @@ class Baseline:
             wins=s.get("wins"),
             n=s.get("n"),
             verdict=s.get("verdict"),
-            detectable=s.get("detectable"),
+            half_width=s.get("half_width"),
             verdict_reason=s.get("reason"),
             differences={str(k): v for k, v in zip(s.get("seeds", []), s.get("differences", []))} if s else None,
         )
@@ -116,11 +115,8 @@ class ComparisonReport:
 
 # ------------------------------------------------------------------------------------------------- building it
 def _expected_config(candidate: Candidate) -> dict[str, Any]:
-    """The amp_* values a candidate's runs must show (AMPConfig names): the settings it gives, or its preset's."""
-    arguments = dict(candidate.arguments)
-    values = find_preset(arguments.pop("amp_preset")).arguments() if "amp_preset" in arguments else {}
-    values.update(arguments)
-    return {key.removeprefix("amp_"): value for key, value in values.items()}
+    """The amp_* values a candidate's runs must show (AMPConfig names), resolved as its runs resolve them."""
+    return candidate.expected_settings()
 
 
 def _same_setting(used: Any, asked: Any) -> bool:
@@ -317,7 +313,7 @@ def _table(report: ComparisonReport, final: bool) -> list[str]:
         ci = "—" if b["ci95"] is None else f"[{_number(b['ci95'][0])}, {_number(b['ci95'][1])}]"
         lines.append(
             f"| {c.name} | {settings} | {spread} | {_number(b['mean_difference'])} ± {_number(b['std_difference'])} "
-            f"| {ci} | {b['wins']}/{b['n']} | **{b['verdict']}** | {_number(b['detectable'])} "
+            f"| {ci} | {b['wins']}/{b['n']} | **{b['verdict']}** | {_number(b['half_width'])} "
             f"| {_number(c.time_ratio)} |"
         )
     return lines
