@@ -13,7 +13,14 @@ from pathlib import Path
 import pytest
 
 from amp_hf.compare import CompareError, run_comparison
-from amp_hf.compare.identity import changes, command_files, command_identity, function_source, library_versions
+from amp_hf.compare.identity import (
+    changes,
+    command_files,
+    command_identity,
+    function_source,
+    library_versions,
+    training_code,
+)
 from benchmarks import runner
 
 STAND_IN = """
@@ -105,6 +112,15 @@ def test_a_train_function_is_identified_by_its_source():
     assert function_source(train_one) != function_source(edited)
     exec("def train_one(request):\n    return request.seed + 2\n", namespace)
     assert function_source(namespace["train_one"]) != function_source(edited)
+
+
+def test_amp_hfs_hash_covers_the_code_a_run_executes():
+    import amp_hf
+
+    package = Path(amp_hf.__file__).resolve().parent
+    names = {str(p.relative_to(package)) for p in training_code(package)}
+    assert {"trainer.py", "micro_batch.py", "compare/recording.py"} <= names
+    assert not {"compare/report.py", "compare/statistics.py", "compare/identity.py"} & names
 
 
 def test_the_benchmarks_cache_uses_the_same_identity():

@@ -9,8 +9,9 @@ identity differs (`changes` names what changed); the benchmark studies' run cach
   available). What that code imports is not covered, except amp_hf: a helper module next to the script that changes
   is not seen (docs/compare.md says so).
 - **Where it runs**: the working directory (the same relative command in another folder reads other files).
-- **The libraries**: amp_hf (its version and a hash of its source, which changes between releases' commits) and the
-  torch, transformers and accelerate versions.
+- **The libraries**: amp_hf (its version and a hash of the source a run executes, which changes between releases'
+  commits; compare's reading and reporting code is left out, so a fixed report reuses the runs) and the torch,
+  transformers and accelerate versions.
 
 Data files named in the command are hashed as well when they have a configuration suffix (`.json`, `.yaml`, ...) and
 are at most LARGEST_HASHED bytes; larger ones are identified by their size.
@@ -77,13 +78,21 @@ def _version(name: str) -> str:
         return "not installed"
 
 
+def training_code(package: Path) -> list[Path]:
+    """amp_hf's files that a run executes: every .py file but compare's own, which reads runs and reports on them
+    (a fixed report must not make finished runs stale), except its recorder, which runs inside each run."""
+    compare = package / "compare"
+    return [p for p in package.rglob("*.py") if compare not in p.parents or p.name == "recording.py"]
+
+
 def library_versions() -> dict[str, str]:
     """{"amp_hf": "<version> (source <hash>)", "torch": ..., "transformers": ..., "accelerate": ...}. amp_hf's hash is
-    of the imported package's .py files: a development checkout changes its code without changing its version."""
+    of the imported package's training code (`training_code`): a development checkout changes its code without
+    changing its version."""
     import amp_hf
 
     package = Path(amp_hf.__file__).resolve().parent
-    versions = {"amp_hf": f"{amp_hf.__version__} (source {files_digest(package.rglob('*.py'), package)})"}
+    versions = {"amp_hf": f"{amp_hf.__version__} (source {files_digest(training_code(package), package)})"}
     versions.update({name: _version(name) for name in LIBRARIES})
     return versions
 
