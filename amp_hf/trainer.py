@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -34,7 +35,6 @@ from torch.profiler import record_function
 from transformers import Seq2SeqTrainer, Trainer
 
 from . import deepspeed_engine, trainer_versions
-from .compare.recording import add_comparison_recorder
 from .config import AMPConfig
 from .micro_batch import REENTRANT_UNDER_DEEPSPEED, MicroBatchAMP, announce, warn_if_defaults_misfit
 from .perturbation import AscentResult, on_every_process
@@ -42,6 +42,10 @@ from .sharding import fsdp_plugin_problem
 from .wrapped_models import grad_scaler_scale, unwrapped
 
 logger = logging.getLogger(__name__)
+
+COMPARE_RUN = "AMP_HF_COMPARE_RUN"
+"""Set by amp_hf.compare in the environment of each run it starts (the run's folder). Only then is the compare package
+imported, to add its recorder (`amp_hf.compare.recording`): a plain `import amp_hf` does not load it."""
 
 STEPS_IN_BACKWARD = ("lomo", "adalomo", "galore_adamw_layerwise", "galore_adamw_8bit_layerwise")
 STEPS_IN_BACKWARD += ("galore_adafactor_layerwise", "apollo_adamw_layerwise")
@@ -61,7 +65,10 @@ class AMPMixin:
         self.amp_config = self._read_amp_config(announce_defaults=True)
         self._amp = MicroBatchAMP(self.amp_config)
         self._amp_announced = False
-        add_comparison_recorder(self)  # records the run's numbers when amp_hf.compare started it
+        if os.environ.get(COMPARE_RUN):  # amp_hf.compare started this run: record what it reads
+            from .compare.recording import add_comparison_recorder
+
+            add_comparison_recorder(self)
 
     # ----------------------------------------------------------------------------------------------- configuration
     def _read_amp_config(self, announce_defaults: bool = False) -> AMPConfig:

@@ -2,10 +2,11 @@
 
 A run is a `Spec` (task, method, seed, quick, protocol). Its record is cached in a JSON-lines file under a key made of
 everything that determines the result: the run's full settings (the task, family, method, seed, protocol, label-noise
-rate and quick sizes, as resolved at run time) and the code that trains it (a hash of the imported amp_hf package and
-of this package's run code, and the torch, transformers and accelerate versions). A training invocation reuses a
-record only when both match; a run made by other code is trained again. `--cached-only` reports from the newest
-record with the same settings, whatever code made it, and the report says which code that was.
+rate and quick sizes, as resolved at run time) and the code that trains it (`code_identity`: amp_hf's version and
+source hash and the torch, transformers and accelerate versions, as compare identifies a run, and a hash of this
+package's run code). A training invocation reuses a record only when both match; a run made by other code is trained
+again. `--cached-only` reports from the newest record with the same settings, whatever code made it, and the report
+says which code that was.
 """
 
 from __future__ import annotations
@@ -87,28 +88,12 @@ def run_key(settings_key: str, code: dict[str, Any]) -> str:
 
 @functools.cache
 def code_identity() -> dict[str, str]:
-    """The code a run made now comes from: hashes of the imported amp_hf package and of this package's run code,
-    and the library versions that change results."""
-    import accelerate
-    import transformers
+    """The code a run made now comes from: the identity compare gives a run (`amp_hf.compare.identity`: amp_hf's
+    version and source hash, the torch, transformers and accelerate versions) and a hash of this package's run code."""
+    from amp_hf.compare.identity import files_digest, library_versions
 
-    import amp_hf
-
-    def tree_hash(files: Iterable[Path], base: Path) -> str:
-        h = hashlib.sha1()
-        for path in sorted(files):
-            h.update(str(path.relative_to(base)).encode() + b"\0" + path.read_bytes() + b"\0")
-        return h.hexdigest()[:12]
-
-    library = Path(amp_hf.__file__).resolve().parent
     here = Path(__file__).resolve().parent
-    return {
-        "amp_hf": tree_hash(library.rglob("*.py"), library),
-        "benchmarks": tree_hash((here / name for name in RUN_CODE), here),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "accelerate": accelerate.__version__,
-    }
+    return {**library_versions(), "benchmarks": files_digest((here / name for name in RUN_CODE), here)}
 
 
 def code_label(code: dict[str, Any]) -> str:

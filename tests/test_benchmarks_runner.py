@@ -5,6 +5,7 @@ passes model of benchmarks.methods. No training here (the studies' smoke run: te
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -33,9 +34,10 @@ def test_cache_key_holds_the_settings_and_the_code(monkeypatch):
 
 
 def test_code_identity_hashes_the_imported_library():
+    """compare's identity of the libraries (amp_hf's version and source hash) and the hash of the run code."""
     code = runner.code_identity()
     assert set(code) == {"amp_hf", "benchmarks", "torch", "transformers", "accelerate"}
-    assert len(code["amp_hf"]) == len(code["benchmarks"]) == 12
+    assert re.fullmatch(r"\S+ \(source [0-9a-f]{12}\)", code["amp_hf"]) and len(code["benchmarks"]) == 12
 
 
 def record(spec: Spec, code: dict, test_error: float) -> dict:

@@ -125,7 +125,7 @@ def test_a_metric_no_run_recorded_is_refused_listing_the_recorded_ones(compariso
 
 def test_finished_runs_with_another_command_are_refused_not_mixed(comparison):
     _, out, counter, env = comparison
-    with pytest.raises(CompareError, match="finished with a different command"):
+    with pytest.raises(CompareError, match=r"the command changed .*--weight_decay 0.1\) since erm seed-0"):
         run_comparison([*COMMAND, "--weight_decay", "0.1"], seeds=[0], candidates=[CANDIDATE], output_dir=out, env=env)
     assert len(counter.read_text().splitlines()) == 6
 

@@ -16,7 +16,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from .candidates import Candidate, CompareError, check_amp_flags
+from .candidates import CompareError, check_amp_flags
 from .plan import Job, Outcome, mark_done, prepare
 from .recording import RUN_ENVIRONMENT
 from .runs import LOG_FILE
@@ -169,17 +169,3 @@ def terminate(processes: Sequence[subprocess.Popen], grace: float = 10.0) -> Non
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-
-
-def identity(command: Sequence[str]):
-    """What a finished run records and a later comparison must match."""
-
-    def of(candidate: Candidate, seed: int) -> dict:
-        return {
-            "command": list(command),
-            "candidate": candidate.name,
-            "settings": dict(candidate.arguments),
-            "seed": seed,
-        }
-
-    return of

@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from .candidates import Candidate, CompareError, check_seeds, parse_candidates
-from .command import check_command, identity, make_runner
+from .command import check_command, make_runner
+from .evaluation import check_evaluation
+from .identity import command_identity, function_identity, per_run
 from .plan import Job, Outcome, execute, mark_done, plan, prepare, stop_on_terminate
 from .recording import RUN_ENVIRONMENT
 from .report import ComparisonReport, build_report
@@ -84,8 +86,9 @@ def run_comparison(
     command = list(command)
     base_env = {**os.environ, **(env or {})}
     base_env.pop(RUN_ENVIRONMENT, None)  # a comparison started from inside a compared run records its own runs only
-    to_run, finished = plan(output_dir, parsed, seeds, identity(command))
+    to_run, finished = plan(output_dir, parsed, seeds, per_run(command_identity(command)))
     if to_run:
+        check_evaluation(command)
         check_command(command, base_env)
     if finished:
         print(f"[compare] {len(finished)} finished runs reused, {len(to_run)} to run", file=sys.stderr, flush=True)
@@ -111,12 +114,7 @@ def compare(
     seeds = check_seeds(seeds)
     parsed = parse_candidates(candidates)
     output_dir = Path(output_dir).resolve()
-    name = f"{getattr(train_fn, '__module__', '?')}.{getattr(train_fn, '__qualname__', repr(train_fn))}"
-
-    def of(candidate: Candidate, seed: int) -> dict:
-        return {"train_fn": name, "candidate": candidate.name, "settings": dict(candidate.arguments), "seed": seed}
-
-    to_run, finished = plan(output_dir, parsed, seeds, of)
+    to_run, finished = plan(output_dir, parsed, seeds, per_run(function_identity(train_fn)))
 
     def run_one(job: Job, slot: int) -> Outcome:
         prepare(job)

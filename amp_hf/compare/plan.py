@@ -10,7 +10,6 @@ seeds or candidates reuses every finished run. A finished run recorded with anot
 
 from __future__ import annotations
 
-import json
 import shutil
 import signal
 import sys
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .candidates import Candidate
+from .jsonfiles import write_json
 from .runs import DONE_FILE, check_done_matches, read_done, run_folder
 
 
@@ -96,9 +96,7 @@ def mark_done(job: Job, seconds: float) -> None:
         "seconds": round(seconds, 3),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    temporary = job.folder / (DONE_FILE + ".tmp")
-    temporary.write_text(json.dumps(record, indent=2) + "\n")
-    temporary.replace(job.folder / DONE_FILE)
+    write_json(job.folder / DONE_FILE, record)
 
 
 def _duration(seconds: float) -> str:
