@@ -12,19 +12,22 @@ import pytest
 from amp_hf.compare.candidates import CompareError, parse_candidates
 from amp_hf.compare.rendering import console_lines, markdown
 from amp_hf.compare.report import build_report
-from amp_hf.compare.runs import RunRecord, run_folder
+from amp_hf.compare.runs import DONE_FILE, RunRecord, run_folder
 
 ARGS = {"load_best_model_at_end": True, "metric_for_best_model": "accuracy", "greater_is_better": True}
 
 
 def write_run(root: Path, candidate: str, seed: int, evals: list[float], *, best_step: int | None, after=None,
-              test=None, early=True, amp=None, metric="accuracy", args=None, runtime=None) -> RunRecord:  # fmt: skip
+              test=None, early=True, amp=None, metric="accuracy", args=None, runtime=None, measured=None,
+              summary=None, done=None) -> RunRecord:  # fmt: skip
     """A run folder as the Trainer leaves it: eval_<metric> at steps 10, 20, ...; the train summary; optionally an
     evaluation after training (`after`, e.g. the best checkpoint's) and a test_results.json."""
     folder = run_folder(root, candidate, seed)
     folder.mkdir(parents=True)
     history = [{"step": 10 * (i + 1), f"eval_{metric}": v, "eval_loss": 1 - v} for i, v in enumerate(evals)]
-    history.append({"step": 10 * len(evals), "train_runtime": runtime or 2.0 + seed, "train_loss": 0.1})
+    history.append(
+        {"step": 10 * len(evals), "train_runtime": runtime or 2.0 + seed, "train_loss": 0.1, **(summary or {})}
+    )
     if after is not None:
         history.append({"step": 10 * len(evals), f"eval_{metric}": after})
     best = None if best_step is None else max(evals)
@@ -36,7 +39,10 @@ def write_run(root: Path, candidate: str, seed: int, evals: list[float], *, best
     }
     (folder / "trainer_state.json").write_text(json.dumps(state))  # a NaN is written as the Trainer does: NaN
     args = {**ARGS, "load_best_model_at_end": early} if args is None else args
-    (folder / "compare_run.json").write_text(json.dumps({"training_args": args, "amp_config": amp}))
+    recorded = {"training_args": args, "amp_config": amp, **({"measured": measured} if measured else {})}
+    (folder / "compare_run.json").write_text(json.dumps(recorded))
+    if done is not None:
+        (folder / DONE_FILE).write_text(json.dumps(done))
     if test is not None:
         (folder / "test_results.json").write_text(json.dumps({f"test_{metric}": test, "test_runtime": 0.1}))
     return RunRecord.read(folder, candidate, seed)
@@ -195,34 +201,31 @@ def test_time_ratio_is_a_ratio_of_means_of_train_seconds_with_the_spread_and_the
     records = {}
     for seed, (erm_s, x_s) in enumerate([(10.0, 30.0), (100.0, 120.0), (10.0, 12.0)]):
         for name, seconds in (("erm", erm_s), ("x", x_s)):
-            record = write_run(tmp_path, name, seed, [0.5, 0.6], best_step=20, test=0.5, runtime=seconds * 2)
-            record.train_seconds = seconds  # the recorder's measure, without the evaluations during training
-            record.peak_memory_bytes = 2**30 * (2 if name == "x" else 1)
-            record.memory_kind = "resident"
-            record.samples_per_second = 1000 / seconds
-            record.devices = 2
+            measured = {
+                "train_seconds": seconds,
+                "peak_memory_bytes": 2**30 * (2 if name == "x" else 1),
+                "memory_kind": "resident",
+            }  # the recorder's measure, without the evaluations during training
+            record = write_run(tmp_path, name, seed, [0.5, 0.6], best_step=20, test=0.5, runtime=seconds * 2,
+                               measured=measured, summary={"train_samples_per_second": 500 / seconds},
+                               done={"devices": ["0", "1"]})  # fmt: skip
+            assert record.samples_per_second == pytest.approx(1000 / seconds)
             records[(name, seed)] = record
     report = build_report(candidates, [0, 1, 2], records, [])
     time = report.candidate("x").time
     assert time.ratio == pytest.approx(162 / 120)  # ratio of means, not the mean of 3, 1.2, 1.2 (= 1.8)
     assert time.ratio_per_seed == pytest.approx({0: 3.0, 1: 1.2, 2: 1.2}) and time.total == 162
-    assert time.measure == "train_seconds" and not any("train_runtime" in w for w in report.warnings)
+    assert not any("train_runtime" in w for w in report.warnings)
     assert any("per-seed time ratios range from 1.20× to 3.00×" in w for w in report.warnings)
     cost = report.candidate("x").cost
     assert cost["train_seconds_total"] == 162 and cost["device_hours"] == pytest.approx(162 * 2 / 3600)
     assert cost["peak_memory_bytes"] == 2 * 2**30 and cost["memory_kind"] == "resident" and cost["devices"] == 2
     assert report.to_dict()["candidates"][1]["time"]["ratio_range"] == pytest.approx([1.2, 3.0])
     assert not any("estimates" in w for w in report.warnings)
-    records[("x", 0)].train_seconds_estimated = True  # train_runtime minus the logged evaluation runtimes
-    assert any(
-        "1 of 6 runs' train_seconds are estimates" in w
-        for w in build_report(candidates, [0, 1, 2], records, []).warnings
-    )
-    # without the recorder's measure: train_runtime, said to include the evaluations
+    # without the recorder's measure: train_runtime less the logged evaluation runtimes, said to be an estimate
     plain = {k: write_run(tmp_path / "plain", *k, [0.5, 0.6], best_step=20, test=0.5) for k in records}
     report = build_report(candidates, [0, 1, 2], plain, [])
-    assert report.candidate("x").time.measure == "train_runtime"
-    assert any("includes the evaluations and checkpoint saves" in w for w in report.warnings)
+    assert any("6 of 6 runs' train_seconds are estimates" in w for w in report.warnings)
     assert report.candidate("x").cost["peak_memory_bytes"] is None  # not recorded: None, not a guess
 
 

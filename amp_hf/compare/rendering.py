@@ -100,8 +100,6 @@ def _per_seed(report: ComparisonReport) -> list[str]:
 
 def markdown(report: ComparisonReport, plot_note: str) -> str:
     u = report.units
-    measure = {"train_seconds": "training without its evaluations and saves", "train_runtime": "train_runtime"}
-    time_measure = sorted({measure[c.time.measure] for c in report.candidates})
     margin = f"; `equivalent` when it lies within ±{u.spread(report.margin)}" if report.margin is not None else ""
     lines = [
         "# Does AMP help this task? (amp_hf.compare)",
@@ -113,7 +111,8 @@ def markdown(report: ComparisonReport, plot_note: str) -> str:
         f"{report.family_size} comparisons of this report, is at most {ALPHA:g} (the exact sign-flip test when every "
         f"difference is the same), `too few seeds` below {MIN_SEEDS}, else `no evidence`{margin}. The raw 95% "
         "interval is shown beside it; MDE80 is an estimated minimum detectable effect at 80% power from the observed "
-        f"spread. Time: {', '.join(time_measure)}; the ratio is of means. (AMP here is Adversarial Model Perturbation, "
+        "spread. Time: training without its evaluations and checkpoint saves; the ratio is of means. (AMP here is "
+        "Adversarial Model Perturbation, "
         "not automatic mixed precision.)",
         "",
         f"## {report.headline_label().capitalize()}",

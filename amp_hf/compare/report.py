@@ -12,7 +12,6 @@ appends one to compare.json's `looks`, and a verdict reached after looks with fe
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from collections.abc import Mapping, Sequence
@@ -21,9 +20,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .candidates import ERM_NAME, Candidate, CompareError
+from .candidates import ERM_NAME, Candidate, CompareError, merge_notes, outside_regime
+from .jsonfiles import read_json, write_json
 from .rendering import markdown, write_plot
-from .runs import TEST, RunRecord, choose_source
+from .runs import TEST, RunRecord, choose_source, split_of
 from .statistics import (
     ALPHA,
     BETTER,
@@ -133,8 +133,7 @@ class Time:
     have (a mean of per-seed ratios would weigh a fast seed like a slow one); the per-seed ratios show the spread."""
 
     seconds: dict[int, float]
-    measure: str
-    """"train_seconds" (training without the evaluations and saves made during it) or "train_runtime" (with them)."""
+    """`RunRecord.train_seconds`: training without the evaluations and checkpoint saves made during it."""
     ratio: float | None = None
     ratio_per_seed: dict[int, float] = field(default_factory=dict)
 
@@ -145,7 +144,6 @@ class Time:
     def to_dict(self) -> dict[str, Any]:
         ratios = list(self.ratio_per_seed.values())
         return {
-            "measure": self.measure,
             "seconds": {str(s): v for s, v in self.seconds.items()},
             "total_seconds": self.total,
             "ratio": self.ratio,
@@ -283,12 +281,8 @@ class ComparisonReport:
         """compare.json (strict JSON: allow_nan=False), compare.md and compare.png, after recording this look."""
         output_dir = Path(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            previous = json.loads((output_dir / JSON_FILE).read_text())
-        except (OSError, ValueError):
-            previous = None
-        self.record_look(previous)
-        (output_dir / JSON_FILE).write_text(json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
+        self.record_look(read_json(output_dir / JSON_FILE))
+        write_json(output_dir / JSON_FILE, self.to_dict())
         note = write_plot(self, output_dir / PLOT_FILE)
         (output_dir / MARKDOWN_FILE).write_text(markdown(self, note))
 
@@ -317,6 +311,12 @@ def _settings_warning(candidate: Candidate, records: Sequence[RunRecord]) -> str
     expected = _expected_config(candidate)
     for record in records:
         used = record.amp_config
+        if not used and record.recorded and candidate.config.enabled:  # recorded, by a trainer with no AMP step
+            trainer = record.trainer_class or "trainer without AMP (a plain Trainer)"
+            return (
+                f"candidate {candidate.name}: run seed {record.seed} was trained by a {trainer}, which has no AMP "
+                "step: its settings did not apply (use AMPTrainer in the script)"
+            )
         if not used:
             continue
         wrong = {k: (used[k], v) for k, v in expected.items() if k in used and not _same_setting(used[k], v)}
@@ -383,24 +383,10 @@ def resolve_direction(metric: str, records: Sequence[RunRecord], flag: bool | No
     )
 
 
-def _train_seconds(record: RunRecord) -> tuple[float | None, str]:
-    """A run's training time and which measure it is: the recorder's train_seconds (without the evaluations and
-    checkpoint saves made during training), else the Trainer's train_runtime (with them)."""
-    measured = getattr(record, "train_seconds", None)
-    if _finite(measured) and measured > 0:
-        return float(measured), "train_seconds"
-    runtime = record.runtime
-    return (float(runtime), "train_runtime") if _finite(runtime) and runtime > 0 else (None, "train_runtime")
-
-
 def _time(records: Sequence[RunRecord]) -> Time:
-    seconds, measures = {}, set()
-    for r in records:
-        value, measure = _train_seconds(r)
-        if value is not None:
-            seconds[r.seed] = value
-            measures.add(measure)
-    return Time(seconds, "train_runtime" if "train_runtime" in measures else "train_seconds")
+    """Each run's training time without the evaluations and checkpoint saves made during training
+    (`RunRecord.train_seconds`: measured by the recorder, else estimated, which the report says)."""
+    return Time({r.seed: float(r.train_seconds) for r in records if _finite(r.train_seconds) and r.train_seconds > 0})
 
 
 def _compare_time(time: Time, erm: Time) -> None:
@@ -413,12 +399,10 @@ def _compare_time(time: Time, erm: Time) -> None:
 
 def _cost(records: Sequence[RunRecord], time: Time) -> dict[str, Any]:
     """What the runs cost, from what RunRecord offers (None where a run folder does not say)."""
-    memory = [getattr(r, "peak_memory_bytes", None) for r in records]
-    memory = [m for m in memory if _finite(m)]
-    speeds = [getattr(r, "samples_per_second", None) for r in records]
-    speeds = [s for s in speeds if _finite(s)]
-    kinds = sorted({getattr(r, "memory_kind", None) for r in records} - {None})
-    devices = {r.seed: getattr(r, "devices", 1) or 1 for r in records}
+    memory = [r.peak_memory_bytes for r in records if _finite(r.peak_memory_bytes)]
+    speeds = [r.samples_per_second for r in records if _finite(r.samples_per_second)]
+    kinds = sorted({r.memory_kind for r in records} - {""})
+    devices = {r.seed: r.devices for r in records}
     hours = [time.seconds[s] * devices[s] / 3600 for s in time.seconds if s in devices]
     return {
         "runs": len(records),
@@ -428,7 +412,7 @@ def _cost(records: Sequence[RunRecord], time: Time) -> dict[str, Any]:
         "peak_memory_bytes": max(memory) if memory else None,
         "memory_kind": ", ".join(kinds) or None,
         "samples_per_second": statistics.fmean(speeds) if speeds else None,
-        "attempts": sum(getattr(r, "attempts", 1) or 1 for r in records),
+        "attempts": sum(r.attempts for r in records),
     }
 
 
@@ -444,19 +428,22 @@ def _diverged_note(baseline: Baseline, of: int, where: str) -> str | None:
 
 def candidate_notes(candidate: Candidate, records: Sequence[RunRecord], headline: Baseline, final: Baseline | None,
                     seeds: Sequence[int]) -> list[str]:  # fmt: skip
-    """The notes shown beside a candidate's verdict."""
-    notes = [_diverged_note(headline, len(seeds), "headline")]
+    """The notes shown beside a candidate's verdict: the candidates merged into it, its preset used outside the regime
+    it was chosen for (another optimizer family), its diverged seeds."""
+    notes: list[str | None] = [*merge_notes([candidate])]
+    notes += sorted({outside_regime(candidate, r.optimizer) for r in records} - {None})
+    notes.append(_diverged_note(headline, len(seeds), "headline"))
     if final is not None and final.diverged != headline.diverged:
         notes.append(_diverged_note(final, len(seeds), "final weights"))
     return [n for n in notes if n]
 
 
 def _metric_name(metric: str | None) -> tuple[str | None, bool]:
-    """(the metric name without eval_/test_, whether the test split was asked for by name)."""
+    """(the metric name without its split prefix, whether the test split was asked for by name)."""
     if not metric:
         return None, False
-    name = metric.removeprefix("eval_")
-    return (name.removeprefix("test_"), True) if name.startswith("test_") else (name, False)
+    split, name = split_of(metric)
+    return name, split == TEST
 
 
 def build_report(
@@ -490,6 +477,9 @@ def build_report(
             f"eval_<name>_{metric}). The runs recorded: {', '.join(recorded)}. Give --metric as the name after the "
             "eval_/test_ prefix, e.g. --metric loss"
         )
+    ignored = {name: why for r in all_records for name, why in r.ignored_results.items()}
+    for name, why in sorted(ignored.items()):
+        warnings.append(f"{name} is not read: it {why}")
     for name, seed in sorted(set(records) - set(usable)):
         missing.append({"candidate": name, "seed": seed, "reason": f"the run recorded no {metric}"})
     greater_is_better, direction_source = resolve_direction(metric, list(usable.values()), greater_is_better)
@@ -570,14 +560,7 @@ def build_report(
         r.cost = _cost([usable[(r.name, s)] for s in complete if (r.name, s) in usable], r.time)
     _judge(results)
 
-    if any(r.time.measure == "train_runtime" for r in results):
-        warnings.append(
-            "time: some runs record only train_runtime, which includes the evaluations and checkpoint saves made "
-            "during training, so the time ratios lean toward 1 (the recorder's train_seconds leaves them out)"
-        )
-    estimated = [
-        r for r in used if getattr(r, "train_seconds_estimated", False) and _train_seconds(r)[1] == "train_seconds"
-    ]
+    estimated = [r for r in used if r.train_seconds_estimated and _finite(r.train_seconds)]
     if estimated:
         warnings.append(
             f"time: {len(estimated)} of {len(used)} runs' train_seconds are estimates (train_runtime minus the "
