@@ -138,6 +138,12 @@ def make_executor(executor: str | Any, params: Mapping[str, Any] | None, output_
             raise CompareError(
                 "--executor submitit needs the submitit package: pip install 'amp-hf[cluster]'"
             ) from None
+        if not {"timeout_min", "slurm_time"} & set(params):
+            raise CompareError(
+                "--executor submitit needs a time limit per run: --executor_params timeout_min=MINUTES (submitit's "
+                "default, 5 minutes on SLURM and 2 locally, would end every real run); a preempted or timed-out run "
+                "is requeued"
+            )
         engine = submitit.AutoExecutor(folder=output_dir / SUBMITIT_FOLDER / "%j")
         try:
             engine.update_parameters(**params)
