@@ -51,7 +51,10 @@ def test_a_failed_run_is_retried_and_the_marker_counts_its_attempts(tmp_path):
         run_comparison(FAKE, seeds=[0], candidates=[CANDIDATE], output_dir=out, retries=-1)
 
 
-@pytest.mark.parametrize("keep, left", [("none", []), ("best", ["checkpoint-1"]), ("all", ["checkpoint-1", "checkpoint-2"])])  # fmt: skip
+KEPT = [("none", []), ("best", ["checkpoint-1"]), ("all", ["checkpoint-1", "checkpoint-2"])]
+
+
+@pytest.mark.parametrize("keep, left", KEPT)
 def test_keep_checkpoints(tmp_path, keep, left):
     out = tmp_path / "cmp"
     report = run_comparison(
