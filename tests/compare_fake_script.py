@@ -4,8 +4,8 @@ eval_results.json, optionally checkpoint-* folders) in well under a second, and 
 Its eval_loss depends only on the seed and the candidate's amp_epsilon, so reports are deterministic.
 
 Steered by environment variables:
-- FAKE_RECORD=path: append one JSON line per start and end ({"event", "seed", "amp", "pid", "devices", "port",
-  "time"});
+- FAKE_RECORD=path: append one JSON line per start and end ({"event", "seed", "amp", "pid", "ppid", "devices",
+  "port", "time", "argv"});
 - FAKE_SLEEP=seconds: train that long (in slices, so a stop ends it promptly);
 - FAKE_CHECKPOINTS=n: leave checkpoint-1..n, the best being checkpoint-1;
 - FAKE_FAIL_FIRST=dir: fail (exit 3) the first time each (seed, amp) runs, marking it in dir;
@@ -38,7 +38,7 @@ record = os.environ.get("FAKE_RECORD")
 def note(event: str) -> None:
     if record:
         line = {
-            "event": event, "seed": seed, "amp": amp, "pid": os.getpid(), "time": time.time(),
+            "event": event, "seed": seed, "amp": amp, "pid": os.getpid(), "ppid": os.getppid(), "time": time.time(),
             "devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "port": os.environ.get("MASTER_PORT"), "argv": words,
         }  # fmt: skip
         with open(record, "a") as f:
