@@ -147,7 +147,7 @@ def make_executor(executor: str | Any, params: Mapping[str, Any] | None, output_
         engine = submitit.AutoExecutor(folder=output_dir / SUBMITIT_FOLDER / "%j")
         try:
             engine.update_parameters(**params)
-        except (ValueError, TypeError) as error:
+        except (ValueError, TypeError, NameError) as error:  # submitit names an unknown parameter with NameError
             raise CompareError(f"--executor_params: {error}") from None
         return SubmitExecutor(engine)
     if isinstance(executor, str):
