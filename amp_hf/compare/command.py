@@ -12,30 +12,24 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 
 from .attempt import TAIL_LINES, CommandAttempt, command_attempt
 from .candidates import SCALAR_FLAGS, Candidate, CompareError
-from .devices import DevicePlan, free_port, with_port
+from .devices import DevicePlan, free_port, launcher, with_port
 from .plan import Job
-
-LAUNCHERS = ("accelerate", "torchrun", "deepspeed")
-"""Launchers whose own --help is not the script's: the --amp_* check runs the script itself with python."""
 
 
 def _script_part(command: Sequence[str]) -> list[str] | None:
     """For `accelerate launch [options] train.py args` (or torchrun / deepspeed), `[python, train.py, args]`; for
-    `... -m module args`, `[python, -m, module, args]`; None when the command is not a known launcher's."""
-    name = Path(command[0]).name
-    module_launcher = name.startswith("python") and len(command) > 2 and command[1] == "-m"
-    launcher = command[2] if module_launcher else name
-    if not any(launcher == x or launcher.startswith(x + ".") for x in LAUNCHERS):
+    `... -m module args`, `[python, -m, module, args]`; None when the command is not a known launcher's (a
+    launcher's own --help is not the script's: the --amp_* check runs the script itself with python)."""
+    found = launcher(command)
+    if found is None:
         return None
-    for i, word in enumerate(command):
-        if word.endswith(".py") and i > 0:
-            return [sys.executable, *command[i:]]
-        if word == "-m" and i > 0 and not (module_launcher and i == 1) and i + 1 < len(command):
-            return [sys.executable, *command[i:]]
+    rest = list(command[found[1] :])
+    for i, word in enumerate(rest):
+        if word.endswith(".py") or (word == "-m" and i + 1 < len(rest)):
+            return [sys.executable, *rest[i:]]
     return None
 
 

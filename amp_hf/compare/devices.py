@@ -41,7 +41,7 @@ def visible_devices(env: Mapping[str, str]) -> list[str]:
         return []
 
 
-def _launcher(command: Sequence[str]) -> tuple[str, int] | None:
+def launcher(command: Sequence[str]) -> tuple[str, int] | None:
     """(the launcher's name, the index right after its own name / subcommand) for `accelerate launch ...`,
     `torchrun ...`, `deepspeed ...` and their `python -m` forms; None for any other command."""
     if not command:
@@ -49,9 +49,9 @@ def _launcher(command: Sequence[str]) -> tuple[str, int] | None:
     name = Path(command[0]).name
     if name.startswith("python") and len(command) > 2 and command[1] == "-m":
         module = command[2]
-        for launcher in _LAUNCHERS:
-            if module == launcher or module.startswith(launcher + "."):
-                return launcher, 3
+        for known in _LAUNCHERS:
+            if module == known or module.startswith(known + "."):
+                return known, 3
         return None
     if name == "accelerate":
         return ("accelerate", 2) if len(command) > 1 and command[1] == "launch" else None
@@ -70,7 +70,7 @@ def _flag_value(words: Sequence[str], flags: Sequence[str]) -> str | None:
 
 def _launcher_words(command: Sequence[str]) -> list[str]:
     """The launcher's own options: the words between its name and the script (the first *.py or -m)."""
-    found = _launcher(command)
+    found = launcher(command)
     if found is None:
         return []
     words = []
@@ -84,7 +84,7 @@ def _launcher_words(command: Sequence[str]) -> list[str]:
 def launcher_processes(command: Sequence[str]) -> int:
     """How many processes one run of `command` starts on its node: the launcher's count, 1 for anything else (and
     for a launcher that does not say: it then uses the devices it is given)."""
-    found = _launcher(command)
+    found = launcher(command)
     if found is None:
         return 1
     value = _flag_value(_launcher_words(command), _LAUNCHERS[found[0]][0])
@@ -97,11 +97,11 @@ def launcher_processes(command: Sequence[str]) -> int:
 def with_port(command: Sequence[str], port: int) -> list[str]:
     """The command with the launcher's rendezvous port set to `port` (after the launcher's name), unless the user
     set one; a plain command is returned unchanged (MASTER_PORT in its environment covers it)."""
-    found = _launcher(command)
+    found = launcher(command)
     if found is None or _flag_value(_launcher_words(command), _PORT_FLAGS) is not None:
         return list(command)
-    launcher, at = found
-    return [*command[:at], _LAUNCHERS[launcher][1], str(port), *command[at:]]
+    name, at = found
+    return [*command[:at], _LAUNCHERS[name][1], str(port), *command[at:]]
 
 
 def free_port(taken: set[int]) -> int:
