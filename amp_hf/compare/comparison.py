@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ from .attempt import FunctionAttempt
 from .candidates import Candidate, CompareError, check_seeds, parse_candidates
 from .checkpoints import check_keep
 from .command import attempt_factory, check_command, identity
-from .devices import DevicePlan, plan_devices
+from .devices import plan_devices
 from .executors import LocalExecutor, make_executor
 from .plan import Job, Outcome, Settings, execute, plan, stop_on_terminate
 from .recording import RUN_ENVIRONMENT
@@ -116,14 +116,15 @@ def run_comparison(
     extra_env = dict(env or {})
     base_env = {**os.environ, **extra_env}
     base_env.pop(RUN_ENVIRONMENT, None)  # each run gets its own folder there; the --help check gets none
-    devices = plan_devices(command, base_env, gpus_per_run, parallel)
     engine = make_executor(executor, executor_params, output_dir)
+    # a remote engine's runs get their devices from it (e.g. SLURM's gpus_per_node), not from this host's
+    devices = plan_devices(command, {"CUDA_VISIBLE_DEVICES": ""} if engine.remote else base_env, gpus_per_run, parallel)
     identity_of = identity(command)
     to_run, finished = plan(output_dir, parsed, seeds, identity_of)
     if to_run:
         check_command(command, base_env)
     if engine.remote:
-        devices = DevicePlan((), devices.per_run, parallel or max(1, len(to_run)))
+        devices = replace(devices, parallel=parallel or max(1, len(to_run)))  # the engine queues the rest
         how = f"each as a job of {executor if isinstance(executor, str) else type(executor).__name__}"
     elif devices.devices:
         how = f"{devices.parallel} at a time, {devices.per_run} device(s) each of {','.join(devices.devices)}"
