@@ -47,6 +47,9 @@ def test_one_holder_at_a_time_and_a_gone_owner_is_taken_over(tmp_path):
     os.utime(path / OWNER_FILE, (old, old))
     lock, _ = RunLock.acquire(folder)  # its heartbeat stopped: taken over
     assert lock is not None
+    os.utime(path / OWNER_FILE, (old, old))
+    lock.beat()  # what the heartbeat thread does for every held lock
+    assert time.time() - (path / OWNER_FILE).stat().st_mtime < 60
     lock.release()
     assert not list(folder.parent.glob("*.stale-*"))
 

@@ -20,6 +20,8 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 HEARTBEAT_SECONDS = 30.0
@@ -123,35 +125,32 @@ def _take_away(path: Path, judged: dict | None) -> None:
     shutil.rmtree(aside, ignore_errors=True)
 
 
-class Heartbeat:
-    """Refreshes the held locks every HEARTBEAT_SECONDS from a daemon thread while a comparison runs."""
+_held: set[RunLock] = set()
+_held_guard = threading.Lock()
+_beating: threading.Thread | None = None
 
-    def __init__(self, interval: float = HEARTBEAT_SECONDS) -> None:
-        self.interval = interval
-        self.locks: set[RunLock] = set()
-        self._guard = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="compare-lock-heartbeat", daemon=True)
 
-    def __enter__(self) -> Heartbeat:
-        self._thread.start()
-        return self
+@contextmanager
+def heartbeat(lock: RunLock) -> Iterator[None]:
+    """Keeps `lock`'s heartbeat fresh while the block runs: one daemon thread per process refreshes every held lock
+    every HEARTBEAT_SECONDS (a comparison that dies stops beating, and another host may then take its locks)."""
+    global _beating
+    with _held_guard:
+        _held.add(lock)
+        if _beating is None:
+            _beating = threading.Thread(target=_beat_forever, name="compare-lock-heartbeat", daemon=True)
+            _beating.start()
+    try:
+        yield
+    finally:
+        with _held_guard:
+            _held.discard(lock)
 
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
 
-    def add(self, lock: RunLock) -> None:
-        with self._guard:
-            self.locks.add(lock)
-
-    def discard(self, lock: RunLock) -> None:
-        with self._guard:
-            self.locks.discard(lock)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            with self._guard:
-                held = list(self.locks)
-            for lock in held:
-                lock.beat()
+def _beat_forever() -> None:
+    while True:
+        time.sleep(HEARTBEAT_SECONDS)
+        with _held_guard:
+            held = list(_held)
+        for lock in held:
+            lock.beat()

@@ -35,7 +35,7 @@ from .attempt import AttemptResult
 from .candidates import Candidate
 from .checkpoints import prune_checkpoints
 from .executors import Attempt, Executor
-from .locks import Heartbeat, RunLock, describe
+from .locks import RunLock, describe, heartbeat
 from .runs import DONE_FILE, check_done_matches, read_done, run_folder
 
 
@@ -154,7 +154,7 @@ def run_job(
     try:
         if read_done(job.folder) is not None:  # finished by another comparison between our plan and our lock
             return Outcome(job, True, 0.0, attempts=0)
-        with _HEARTBEAT.holding(lock):
+        with heartbeat(lock):
             attempts = 1 + settings.retries
             for number in range(1, attempts + 1):
                 with take_slot() as slot:
@@ -176,36 +176,6 @@ def run_job(
             return Outcome(job, False, result.seconds, reason, result.log, result.tail, number)
     finally:
         lock.release()
-
-
-class _SharedHeartbeat:
-    """One heartbeat thread per process, running while some run's lock is held."""
-
-    def __init__(self) -> None:
-        self._guard = threading.Lock()
-        self._beat: Heartbeat | None = None
-        self._holders = 0
-
-    @contextmanager
-    def holding(self, lock: RunLock) -> Iterator[None]:
-        with self._guard:
-            if self._beat is None:
-                self._beat = Heartbeat().__enter__()
-            self._holders += 1
-            beat = self._beat
-        beat.add(lock)
-        try:
-            yield
-        finally:
-            beat.discard(lock)
-            with self._guard:
-                self._holders -= 1
-                if self._holders == 0:
-                    self._beat, stopped = None, self._beat
-                    stopped.__exit__(None, None, None)
-
-
-_HEARTBEAT = _SharedHeartbeat()
 
 
 def execute(
