@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .devices import visible_devices
 from .recording import RUN_ENVIRONMENT
 from .runs import LOG_FILE
 
@@ -72,15 +73,6 @@ def empty_folder(folder: Path) -> None:
     if folder.exists():
         shutil.rmtree(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-
-
-def _visible(env: Mapping[str, str]) -> list[str]:
-    listed = env.get("CUDA_VISIBLE_DEVICES")
-    if listed is None:
-        from .devices import visible_devices
-
-        return visible_devices(env)
-    return [d.strip() for d in listed.split(",") if d.strip() and d.strip() != "-1"]
 
 
 def stop_group(process: subprocess.Popen, grace: float = GRACE_SECONDS) -> None:
@@ -135,12 +127,12 @@ class CommandAttempt:
             where = self.folder / LOG_FILE
             shutil.move(str(self.log), where)
         if code == 0 and self.folder.is_dir():
-            return AttemptResult(True, seconds, _visible(env), log=str(where))
+            return AttemptResult(True, seconds, visible_devices(env), log=str(where))
         reason = (
             f"it exited 0 but wrote no {self.folder} (does the script use --output_dir?)" if code == 0 else
             f"it {exit_reason(code)}"
         )  # fmt: skip
-        return AttemptResult(False, seconds, _visible(env), reason, str(where), log_tail(where))
+        return AttemptResult(False, seconds, visible_devices(env), reason, str(where), log_tail(where))
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -167,7 +159,7 @@ class FunctionAttempt:
         self.folder.mkdir(parents=True)
         saved = os.environ.get(RUN_ENVIRONMENT)
         os.environ[RUN_ENVIRONMENT] = str(self.folder)
-        devices = _visible(os.environ)
+        devices = visible_devices(os.environ)
         started = time.perf_counter()
         try:
             self.train_fn(self.request)
