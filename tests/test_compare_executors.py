@@ -60,6 +60,8 @@ def test_submitit_end_to_end_and_a_preempted_run_is_requeued(tmp_path):
         done = json.loads((out / "runs" / name / "seed-0" / DONE_FILE).read_text())
         assert done["attempts"] == 1 and done["devices"] == []
     assert (out / "submitit").is_dir()
+    ports = {e["port"] for e in _events(record) if e["event"] == "start"}
+    assert len(ports) == 3 and None not in ports  # each attempt picked a free port on its node
 
 
 def test_an_executor_object_with_submit(tmp_path):

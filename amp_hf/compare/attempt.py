@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .devices import visible_devices
+from .devices import free_port, visible_devices, with_port
 from .recording import RUN_ENVIRONMENT
 from .runs import LOG_FILE
 
@@ -101,6 +101,9 @@ class CommandAttempt:
     env: dict[str, str]
     folder: Path
     log: Path
+    port_on_start: bool = False
+    """Pick the rendezvous port where the attempt runs (a cluster node, which other jobs may share) rather than
+    where compare runs: MASTER_PORT and the launcher's port flag."""
     process: subprocess.Popen | None = field(default=None, repr=False)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -108,14 +111,15 @@ class CommandAttempt:
 
     def __call__(self) -> AttemptResult:
         empty_folder(self.folder)
-        env = {**os.environ, **self.env}
+        env, argv = {**os.environ, **self.env}, self.argv
+        if self.port_on_start:
+            port = free_port(set())
+            env["MASTER_PORT"], argv = str(port), with_port(argv, port)
         started = time.perf_counter()
         with open(self.log, "w") as out:
-            out.write("$ " + shlex.join(self.argv) + "\n")
+            out.write("$ " + shlex.join(argv) + "\n")
             out.flush()
-            self.process = subprocess.Popen(
-                self.argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
-            )
+            self.process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
             try:
                 code = self.process.wait()
             finally:
@@ -179,10 +183,15 @@ class FunctionAttempt:
 
 
 def command_attempt(
-    command: Sequence[str], extra_env: Mapping[str, str], folder: Path, seed: int, flags: Sequence[str]
+    command: Sequence[str],
+    extra_env: Mapping[str, str],
+    folder: Path,
+    seed: int,
+    flags: Sequence[str],
+    port_on_start: bool = False,
 ) -> CommandAttempt:
     """The attempt of one run: `<command> --output_dir <folder> --seed <seed> <candidate flags>` (argparse keeps the
     last value of a repeated flag, so these win), its log at `runs/<candidate>/seed-<seed>.log` while it runs."""
     argv = [*command, "--output_dir", str(folder), "--seed", str(seed), *flags]
     env = {**extra_env, RUN_ENVIRONMENT: str(folder)}
-    return CommandAttempt(argv, env, folder, folder.parent / f"{folder.name}.log")
+    return CommandAttempt(argv, env, folder, folder.parent / f"{folder.name}.log", port_on_start)

@@ -90,15 +90,15 @@ def attempt_factory(
     command: Sequence[str], extra_env: Mapping[str, str], devices: DevicePlan, remote: bool
 ) -> Callable[[Job, int], CommandAttempt]:
     """make_attempt(job, slot) for plan.execute. Local runs get the slot's devices and port (slots at the same time
-    never share them); a remote run (submitit, Ray) gets its devices from its engine and its node's ports."""
+    never share them); a remote run (submitit, Ray) gets its devices from its engine and a port free on its node."""
     ports: list[int] = []
     for _ in range(devices.parallel):
         ports.append(free_port(set(ports)))
 
     def make_attempt(job: Job, slot: int) -> CommandAttempt:
         flags = job.candidate.flags()
-        if remote:
-            return command_attempt(command, extra_env, job.folder, job.seed, flags)
+        if remote:  # its port is picked on the node, which other jobs may share
+            return command_attempt(command, extra_env, job.folder, job.seed, flags, port_on_start=True)
         port = ports[slot]
         env = run_environment(extra_env, devices.for_slot(slot), port, devices.parallel)
         return command_attempt(with_port(command, port), env, job.folder, job.seed, flags)
