@@ -52,3 +52,15 @@ def test_a_stop_through_a_wrapper_script_leaves_no_process(tmp_path, signum, par
     for run in started:
         assert _gone(run["pid"]) and _gone(run["ppid"])  # the training process and its wrapper
     assert not list(out.rglob(DONE_FILE)) and not list(out.glob("runs/*/*.lock"))
+
+
+def test_ctrl_c_outside_the_runs_is_one_line_too(monkeypatch, capsys):
+    """Ctrl-C while the command's --help is checked, or while the report is written: no traceback either."""
+    from amp_hf.compare import cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "run_comparison", interrupted)
+    assert cli.main(["--seeds", "0", "--candidates", "cnn_long_noisy", "--output_dir", "x", "--", "python"]) == 130
+    assert capsys.readouterr().err == "[compare] stopped, no run in flight; rerun to resume\n"

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -115,6 +116,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ComparisonStopped as stop:
         print(f"[compare] {stop}", file=sys.stderr, flush=True)
         return 128 + int(stop.signum)
+    except KeyboardInterrupt:  # before or after the runs: no run was in flight
+        print("[compare] stopped, no run in flight; rerun to resume", file=sys.stderr, flush=True)
+        return 128 + signal.SIGINT
 
     def number(value: float | None) -> str:
         return "n/a" if value is None else f"{value:.4g}"
