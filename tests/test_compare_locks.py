@@ -58,7 +58,7 @@ def test_two_comparisons_on_one_folder_train_each_run_once(tmp_path):
     out, record = tmp_path / "cmp", tmp_path / "record.jsonl"
     argv = [sys.executable, "-m", "amp_hf.compare", "--seeds", "0", "1", "2", "--candidates", '{"amp_epsilon": 0.1}',
             "--output_dir", str(out), "--", *FAKE]  # fmt: skip
-    env = {**os.environ, "FAKE_RECORD": str(record), "FAKE_SLEEP": "1"}
+    env = {**os.environ, "FAKE_RECORD": str(record), "FAKE_SLEEP": "2"}
     jobs = [subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in "ab"]
     outputs = [job.communicate(timeout=300) for job in jobs]
     starts = [json.loads(line) for line in record.read_text().splitlines()]
