@@ -1,9 +1,9 @@
 """Where an attempt runs: in a thread of this process (`LocalExecutor`, the default: the attempt starts the user's
-command as a local process), or handed to an existing job engine (`SubmitExecutor`) — submitit's `AutoExecutor`
-(SLURM job arrays where SLURM is present, its local executor elsewhere) or any object with the
-`concurrent.futures` shape `submit(fn) -> job` whose `job.result()` waits for fn's result and `job.cancel()` stops it
-(Ray's `ray.util` executors have it too). compare writes no scheduler of its own: it only decides which runs to ask
-for, locks them and marks them done.
+command as a local process), or handed to an existing job engine (`SubmitExecutor`): submitit's `AutoExecutor` (one
+SLURM job per run where SLURM is present, its local executor elsewhere) or any object with the `concurrent.futures`
+shape `submit(fn) -> job` whose `job.result()` waits for fn's result and `job.cancel()` stops it (the interface a Ray
+executor would implement; none is written here). compare writes no scheduler of its own: it only decides which runs
+to ask for, locks them and marks them done.
 """
 
 from __future__ import annotations
@@ -66,9 +66,9 @@ class LocalExecutor:
 
 
 class SubmitExecutor:
-    """Hands each attempt to an engine with `submit(fn)`: submitit's AutoExecutor, a concurrent.futures executor,
-    Ray's. A job that the engine reports failed (submitit: not requeued, out of time, node failure) is a failed
-    attempt with the engine's message, so `--retries` applies to it as to a failed command."""
+    """Hands each attempt to an engine with `submit(fn)`: submitit's AutoExecutor, a concurrent.futures executor.
+    A job that the engine reports failed (submitit: not requeued, out of time, node failure) is a failed attempt
+    with the engine's message, so `--retries` applies to it as to a failed command."""
 
     remote = True
 
