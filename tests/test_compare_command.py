@@ -15,7 +15,6 @@ import pytest
 
 from amp_hf.compare import CompareError, run_comparison
 from amp_hf.compare.command import _script_part, run_environment
-from amp_hf.compare.plan import Job
 from amp_hf.compare.runs import DONE_FILE
 
 SCRIPT = str(Path(__file__).with_name("compare_script.py"))
@@ -138,7 +137,7 @@ def test_the_module_command_end_to_end(comparison):
                           env={**os.environ, **env}, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert f"{NAME}: " in done.stdout and "wins" in done.stdout and "compare.md" in done.stdout
-    assert "4 finished runs reused, 0 to run" in done.stderr
+    assert "[compare] 0 runs to train, 4 finished runs reused" in done.stderr
     assert len(counter.read_text().splitlines()) == 6
 
 
@@ -189,13 +188,9 @@ def test_a_launcher_is_checked_through_its_script():
     assert _script_part(["python", "train.py"]) is None
 
 
-def test_parallel_runs_split_threads_and_devices(tmp_path, monkeypatch):
-    from amp_hf.compare.candidates import ERM_CANDIDATE
-
+def test_parallel_runs_split_threads_and_devices(monkeypatch):
     monkeypatch.setattr("os.cpu_count", lambda: 8)
-    job = Job(ERM_CANDIDATE, 0, tmp_path, {})
-    env = run_environment({}, job, slot=1, parallel=2, devices=["0", "1"])
-    assert env["OMP_NUM_THREADS"] == "4" and env["CUDA_VISIBLE_DEVICES"] == "1"
-    assert env["AMP_HF_COMPARE_RUN"] == str(tmp_path)
-    assert run_environment({"OMP_NUM_THREADS": "1"}, job, 0, 4, ["3"])["OMP_NUM_THREADS"] == "1"  # the user's wins
-    assert "CUDA_VISIBLE_DEVICES" not in run_environment({}, job, 0, 2, ["3"])
+    env = run_environment({}, ["1"], port=29600, parallel=2)
+    assert env["OMP_NUM_THREADS"] == "4" and env["CUDA_VISIBLE_DEVICES"] == "1" and env["MASTER_PORT"] == "29600"
+    assert run_environment({"OMP_NUM_THREADS": "1"}, [], 1, 4)["OMP_NUM_THREADS"] == "1"  # the user's wins
+    assert "CUDA_VISIBLE_DEVICES" not in run_environment({}, [], 1, 2)  # a CPU host: nothing to pin

@@ -5,6 +5,7 @@ The user's guide is docs/compare.md; the statistics are in `amp_hf.compare.stati
 
 from .candidates import ERM_NAME, Candidate, CompareError, parse_candidate, parse_candidates
 from .comparison import RunRequest, compare, run_comparison
+from .plan import ComparisonStopped
 from .recording import RUN_ENVIRONMENT, ComparisonRecorder, add_comparison_recorder
 from .report import ComparisonReport
 from .statistics import PairedDifference, judge_family, paired_difference, student_t_quantile
@@ -16,6 +17,7 @@ __all__ = [
     "CompareError",
     "ComparisonRecorder",
     "ComparisonReport",
+    "ComparisonStopped",
     "PairedDifference",
     "RunRequest",
     "add_comparison_recorder",

@@ -6,18 +6,20 @@ from __future__ import annotations
 
 import os
 import sys
-import time
-import traceback
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from .attempt import FunctionAttempt
 from .candidates import Candidate, CompareError, check_seeds, parse_candidates
-from .command import check_command, make_runner
+from .checkpoints import check_keep
+from .command import attempt_factory, check_command
+from .devices import plan_devices
 from .evaluation import check_evaluation
+from .executors import LocalExecutor, make_executor
 from .identity import command_identity, function_identity, per_run
-from .plan import Job, Outcome, execute, mark_done, plan, prepare, stop_on_terminate
+from .plan import Job, Outcome, Settings, execute, plan, stop_on_terminate
 from .recording import RUN_ENVIRONMENT
 from .report import ComparisonReport, build_report
 from .runs import RunRecord
@@ -37,17 +39,20 @@ class RunRequest:
 def _finish(
     candidates: Sequence[Candidate],
     seeds: Sequence[int],
-    finished: Sequence[Job],
     outcomes: Sequence[Outcome],
     output_dir: Path,
+    identity: Callable[[Candidate, int], dict],
     metric: str | None,
     greater_is_better: bool | None,
     margin: float | None = None,
 ) -> ComparisonReport:
-    """Reads every finished run, builds the report and writes compare.json / .md / .png."""
+    """Reads every finished run (also those another comparison on this folder finished meanwhile), builds the report
+    and writes compare.json / .md / .png."""
+    _, finished = plan(output_dir, candidates, seeds, identity)
+    done = {(job.candidate.name, job.seed) for job in finished}
     records: dict[tuple[str, int], RunRecord] = {}
-    missing = [o.missing_entry() for o in outcomes if not o.ok]
-    for job in [*finished, *(o.job for o in outcomes if o.ok)]:
+    missing = [o.missing_entry() for o in outcomes if not o.ok and (o.job.candidate.name, o.job.seed) not in done]
+    for job in finished:
         try:
             records[(job.candidate.name, job.seed)] = RunRecord.read(job.folder, job.candidate.name, job.seed)
         except CompareError as error:
@@ -57,10 +62,24 @@ def _finish(
     return report
 
 
-def _check_parallel(parallel: int) -> int:
-    if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
-        raise CompareError(f"--parallel must be an integer >= 1, got {parallel!r}")
-    return parallel
+def _check_count(flag: str, value: int, least: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise CompareError(f"{flag} must be an integer >= {least}, got {value!r}")
+    return value
+
+
+def _announce(to_run: Sequence[Job], finished: Sequence[Job], output_dir: Path, how: str) -> None:
+    """The first console line: what will train, how, and where the logs go (nothing is silent until a run ends)."""
+    reused = f", {len(finished)} finished runs reused" if finished else ""
+    if not to_run:
+        print(f"[compare] 0 runs to train{reused}", file=sys.stderr, flush=True)
+        return
+    print(
+        f"[compare] {len(to_run)} runs to train{reused}, {how}; logs: {output_dir}/runs/<candidate>/seed-<seed>.log "
+        "while a run trains, its folder's compare.log after",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def run_comparison(
@@ -69,33 +88,60 @@ def run_comparison(
     seeds: Sequence[int],
     candidates: Sequence[str | Mapping[str, Any]],
     output_dir: str | Path,
-    parallel: int = 1,
+    parallel: int | None = None,
     metric: str | None = None,
     greater_is_better: bool | None = None,
     margin: float | None = None,
     env: Mapping[str, str] | None = None,
+    gpus_per_run: int | None = None,
+    executor: str | Any = "local",
+    executor_params: Mapping[str, Any] | None = None,
+    keep_checkpoints: str = "all",
+    retries: int = 0,
 ) -> ComparisonReport:
     """Runs `command` once per (candidate, seed) with `--output_dir <run folder> --seed <seed> <candidate flags>`
-    appended (ERM: `--amp_inner_steps 0`, always a candidate), `parallel` at a time, skipping finished runs, then
-    compares every candidate with ERM on the paired seeds and writes compare.md / compare.json / compare.png in
-    `output_dir`. Bad input raises CompareError before anything trains; a failed run is reported and left out."""
+    appended (ERM: `--amp_inner_steps 0`, always a candidate), seed-major, skipping finished runs and runs another
+    comparison on this folder is training, then compares every candidate with ERM on the paired seeds and writes
+    compare.md / compare.json / compare.png in `output_dir`.
+
+    Locally (`executor="local"`) each run gets `gpus_per_run` devices of its own (default: the launcher's process
+    count, 1 for plain python) and `parallel` runs go at a time (default: devices ÷ gpus_per_run on a GPU host, 1
+    on CPU). `executor="submitit"` (with `executor_params` for its update_parameters) or an executor object with
+    submit(fn) hands each run to that engine instead (`parallel` then defaults to every run at once).
+    `keep_checkpoints` ('all', 'best', 'none') prunes a finished run's checkpoints; `retries` tries a failed run
+    again. Bad input raises CompareError before anything trains; a failed run is reported and left out; Ctrl-C or
+    SIGTERM ends the runs in flight and raises ComparisonStopped."""
     seeds = check_seeds(seeds)
     parsed = parse_candidates(candidates)
-    parallel = _check_parallel(parallel)
+    retries = _check_count("--retries", retries, 0)
+    keep_checkpoints = check_keep(keep_checkpoints)
     output_dir = Path(output_dir).resolve()
     command = list(command)
-    base_env = {**os.environ, **(env or {})}
-    base_env.pop(RUN_ENVIRONMENT, None)  # a comparison started from inside a compared run records its own runs only
-    to_run, finished = plan(output_dir, parsed, seeds, per_run(command_identity(command)))
+    extra_env = dict(env or {})
+    base_env = {**os.environ, **extra_env}
+    base_env.pop(RUN_ENVIRONMENT, None)  # each run gets its own folder there; the --help check gets none
+    engine = make_executor(executor, executor_params, output_dir)
+    # a remote engine's runs get their devices from it (e.g. SLURM's gpus_per_node), not from this host's
+    devices = plan_devices(command, {"CUDA_VISIBLE_DEVICES": ""} if engine.remote else base_env, gpus_per_run, parallel)
+    identity_of = per_run(command_identity(command))
+    to_run, finished = plan(output_dir, parsed, seeds, identity_of)
     if to_run:
         check_evaluation(command)
         check_command(command, base_env)
-    if finished:
-        print(f"[compare] {len(finished)} finished runs reused, {len(to_run)} to run", file=sys.stderr, flush=True)
-    run_one, abort = make_runner(command, base_env, parallel)
+    if engine.remote:
+        devices = replace(devices, parallel=parallel or max(1, len(to_run)))  # the engine queues the rest
+        how = f"each as a job of {executor if isinstance(executor, str) else type(executor).__name__}"
+    elif devices.devices:
+        how = f"{devices.parallel} at a time, {devices.per_run} device(s) each of {','.join(devices.devices)}"
+    else:
+        how = f"{devices.parallel} at a time on CPU"
+    _announce(to_run, finished, output_dir, how)
+    settings = Settings(
+        engine, attempt_factory(command, extra_env, devices, engine.remote), devices.parallel, retries, keep_checkpoints
+    )
     with stop_on_terminate():
-        outcomes = execute(to_run, run_one, parallel, already=len(finished), on_abort=abort)
-    return _finish(parsed, seeds, finished, outcomes, output_dir, metric, greater_is_better, margin)
+        outcomes = execute(to_run, settings, already=len(finished))
+    return _finish(parsed, seeds, outcomes, output_dir, identity_of, metric, greater_is_better, margin)
 
 
 def compare(
@@ -107,35 +153,26 @@ def compare(
     metric: str | None = None,
     greater_is_better: bool | None = None,
     margin: float | None = None,
+    keep_checkpoints: str = "all",
+    retries: int = 0,
 ) -> ComparisonReport:
     """`run_comparison` for a notebook: `train_fn(request)` trains one run into `request.output_dir` (an AMPTrainer
     built there records what compare reads, even without save_state / save_metrics), one run at a time in this
-    process. Finished runs are reused as by the command; a train_fn that raises is reported as a missing run."""
+    process. Finished runs are reused as by the command; a train_fn that raises (also SystemExit) is reported as a
+    missing run; Ctrl-C stops the comparison (ComparisonStopped, a KeyboardInterrupt)."""
     seeds = check_seeds(seeds)
     parsed = parse_candidates(candidates)
+    retries = _check_count("retries", retries, 0)
+    keep_checkpoints = check_keep(keep_checkpoints)
     output_dir = Path(output_dir).resolve()
-    to_run, finished = plan(output_dir, parsed, seeds, per_run(function_identity(train_fn)))
+    identity_of = per_run(function_identity(train_fn))
+    to_run, finished = plan(output_dir, parsed, seeds, identity_of)
+    _announce(to_run, finished, output_dir, "one at a time in this process")
 
-    def run_one(job: Job, slot: int) -> Outcome:
-        prepare(job)
-        job.folder.mkdir(parents=True)
+    def make_attempt(job: Job, slot: int) -> FunctionAttempt:
         request = RunRequest(job.candidate.name, job.seed, job.folder, dict(job.candidate.arguments))
-        saved = os.environ.get(RUN_ENVIRONMENT)
-        os.environ[RUN_ENVIRONMENT] = str(job.folder)
-        started = time.perf_counter()
-        try:
-            train_fn(request)
-        except Exception:
-            tail = "\n".join(traceback.format_exc().strip().splitlines()[-20:])
-            return Outcome(job, False, time.perf_counter() - started, "train_fn raised", "the traceback", tail)
-        finally:
-            if saved is None:
-                os.environ.pop(RUN_ENVIRONMENT, None)
-            else:
-                os.environ[RUN_ENVIRONMENT] = saved
-        seconds = time.perf_counter() - started
-        mark_done(job, seconds)
-        return Outcome(job, True, seconds)
+        return FunctionAttempt(train_fn, request, job.folder)
 
-    outcomes = execute(to_run, run_one, 1, already=len(finished))
-    return _finish(parsed, seeds, finished, outcomes, output_dir, metric, greater_is_better, margin)
+    settings = Settings(LocalExecutor(), make_attempt, 1, retries, keep_checkpoints)
+    outcomes = execute(to_run, settings, already=len(finished))
+    return _finish(parsed, seeds, outcomes, output_dir, identity_of, metric, greater_is_better, margin)
