@@ -70,8 +70,8 @@ def test_holm_runs_over_each_family_and_few_seeds_give_no_verdict(judged):
         assert all(r.family_size == len(tested) for r in tested), fam.name
         assert all(r.p_adjusted >= r.p_value for r in tested)
     assert all(j.result.verdict == TOO_FEW_SEEDS for j in judged if j.result.n < 3)
-    demo_two_seeds = [j for j in judged if "own seeds 0 and 1" in j.family.name]
-    assert len(demo_two_seeds) == 4 and all(j.result.n == 2 for j in demo_two_seeds)
+    demo_seeds = [j for j in judged if "own seeds 0, 1 and 2" in j.family.name]
+    assert len(demo_seeds) == 4 and all(j.result.n == 3 for j in demo_seeds)
 
 
 def test_a_zero_spread_is_judged_by_the_sign_flip_test(judged):
