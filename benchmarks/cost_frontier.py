@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .methods import DEFAULTS, ERM, REFERENCE, Method, amp
+from .methods import DEFAULTS, EIGHTH, ERM, REFERENCE, Method, amp
 from .reports import command, frontier_plot, made_by_lines, write_recommendations
 from .runner import OUTPUTS, RESULTS, RUNS, RunStore, Scheduler, Spec
 from .stats import choose_cheap as choose_on_validation
@@ -54,8 +54,6 @@ SELECT, CHECK = "cnn_mnist_noisy_long", "cnn_fmnist_noisy_long"
 SEEDS = (0, 1, 2)
 TIME_GOAL = 1.15
 FULL = DEFAULTS
-EIGHTH = amp("f=0.125", ascent_fraction=0.125, **REFERENCE)
-"""cnn_long_noisy@1; its name and settings are the frontier study's, so the records are the same runs' keys."""
 SETTINGS: tuple[Method, ...] = (
     amp("f=1/16", ascent_fraction=1 / 16, **REFERENCE),
     amp("f=1/32", ascent_fraction=1 / 32, **REFERENCE),

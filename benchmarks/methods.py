@@ -40,6 +40,9 @@ ERM = Method("ERM")
 REFERENCE = {"norm": "tensor", "inner_lr": 1.0, "epsilon": 0.5}
 """The reference defaults (ε = 0.5 per tensor, ζ = 1; K = 1): AMPTrainingArguments' own defaults."""
 DEFAULTS = amp("AMP defaults", **REFERENCE)
+EIGHTH = amp("f=0.125", ascent_fraction=0.125, **REFERENCE)
+"""cnn_long_noisy@1 (the ascent on 1/8 of each micro-batch); its name and settings are the frontier studies', so the
+records of every study that runs it share their keys."""
 SAM_GLOBAL = amp("sam_global ε=0.05", norm="global", inner_lr=100.0, epsilon=0.05)
 """SAM's ball and ρ: one global ball, Δ on its sphere (ζ = 100); the transfer study's best text candidate."""
 
