@@ -13,7 +13,7 @@ chose it; tests/test_presets.py checks that the values shipped here match that f
 
 Two kinds: a *recommendation* is what a study chose for the case its `when` describes; a *method* (`sam`, `asam`) is
 a method from the literature at its usual settings, named so that a comparison reads naturally
-(`python -m amp_hf.compare --candidates sam asam cnn_long_noisy ...`). No study recommends a method: its evidence
+(`python -m amp_hf.compare --candidates sam asam msam cnn_long_noisy ...`). No study recommends a method: its evidence
 says what the studies measured with it. `listing()` shows every preset with its kind.
 """
 
@@ -98,6 +98,13 @@ of benchmarks/methods.py's SAM_GLOBAL, which the transfer and frontier studies m
 ASAM = MappingProxyType({"amp_inner_steps": 1, "amp_norm": "elementwise", "amp_epsilon": 0.5, "amp_inner_lr": 100.0})
 """ASAM (Kwon et al., ICML 2021) at its usual ρ = 0.5: the elementwise scale-invariant ball, ζ = 100 for its normalised
 step. The values of the transfer study's "asam ε=0.5" (benchmarks/transfer.py)."""
+MSAM = MappingProxyType({"amp_direction": "momentum", "amp_norm": "global", "amp_epsilon": 3.0, "amp_inner_steps": 1})
+"""Momentum-SAM (Becker et al., 2024, arXiv 2401.12033) translated to these arguments: Δ = −ρ·m/‖m‖ with m the
+optimizer's first moment and ‖·‖ over all perturbed tensors (the momentum direction, the global ball; no extra pass),
+ρ = 3, the radius issue 32 quotes from the paper's SGD runs (about 15× SAM's 0.2 there; the paper tunes ρ per model
+and optimizer, and its tables were not re-read for this preset). What a preset cannot carry: the paper turns the
+perturbation off during the learning-rate warm-up, which here is amp_start_step = the run's warm-up steps (a number
+that depends on the run, so left at 0: set it). Like the paper, every trainable parameter is perturbed."""
 
 _ALL: tuple[Preset, ...] = (
     Preset(
@@ -178,6 +185,20 @@ _ALL: tuple[Preset, ...] = (
         study_entry=None,
         kind=METHOD,
     ),
+    Preset(
+        name="msam",
+        version=1,
+        settings=MSAM,
+        when="a method, not a recommendation: Momentum-SAM at ρ = 3, its radius with SGD (Δ = −ρ·m/‖m‖ along the "
+        "optimizer's first moment, global ball, no extra pass: about ERM's cost; needs SGD with momentum or an Adam-"
+        "family optimizer; set amp_start_step to your warm-up steps, as the paper does), as a candidate to compare "
+        "with ERM on your task",
+        evidence="not a recommendation; not yet measured by this project's studies (docs/cheap-amp.md, 'The momentum "
+        "direction'); the paper reports SAM-like gains at ~1.01x the cost of SGD on CIFAR-100 and ImageNet (arXiv "
+        "2401.12033)",
+        study_entry=None,
+        kind=METHOD,
+    ),
 )
 
 PRESETS: Mapping[str, Preset] = MappingProxyType(
@@ -192,7 +213,8 @@ def names() -> list[str]:
 
 
 def method_names() -> list[str]:
-    """The presets that are methods from the literature (`sam`, `asam`): candidates to compare, not recommendations."""
+    """The presets that are methods from the literature (`sam`, `asam`, `msam`): candidates to compare, not
+    recommendations."""
     return sorted(name for name, preset in PRESETS.items() if preset.is_method)
 
 

@@ -223,3 +223,19 @@ def test_deepspeed_is_refused_by_name(tmp_path, monkeypatch):
     trainer.is_deepspeed_enabled = True
     with pytest.raises(ValueError, match="does not support amp_direction='momentum' under DeepSpeed"):
         trainer.train()
+
+
+# ------------------------------------------------------------------------------------------- the msam preset
+def test_msam_preset_is_the_literature_method_on_the_global_sphere(tmp_path):
+    """`amp_preset='msam'`: a method, the momentum direction on one global ball of radius 3; trained, ‖Δ‖ = 3 from the
+    second step on, with one pass per micro-batch."""
+    from amp_hf.presets import PRESETS, preset_config
+
+    preset = PRESETS["msam"]
+    assert preset.is_method and preset.study_entry is None and "not a recommendation" in preset.when
+    assert preset_config("msam") == AMPConfig(direction="momentum", norm="global", epsilon=3.0, inner_steps=1)
+    trainer = train(CountingPasses, TinyClassifier(), tmp_path, amp_preset="msam", optim_args="momentum=0.9")
+    deltas = [e["amp_delta_norm"] for e in trainer.state.log_history if "loss" in e]
+    assert deltas == pytest.approx([0.0, 3.0, 3.0], rel=1e-5) and trainer.passes == 3
+    with pytest.raises(ValueError, match="amp_ascent_fraction must be 1 with amp_direction='momentum'"):
+        AMPTrainingArguments(output_dir=str(tmp_path), amp_preset="msam", amp_ascent_fraction=0.125)
