@@ -22,7 +22,7 @@ WHAT_WORKS = (
     "Adam family (adamw_torch, adamw_torch_fused, Adam, NAdam, RAdam, Adamax), or set amp_direction='gradient'"
 )
 
-NEVER_A_FIRST_MOMENT = ("Adagrad", "Adadelta", "LBFGS", "Rprop", "ASGD", "SparseAdam")
+NEVER_A_FIRST_MOMENT = ("Adagrad", "Adadelta", "LBFGS", "Rprop", "ASGD")
 """torch optimizers whose state has no `momentum_buffer` or dense `exp_avg` whatever their settings."""
 
 
