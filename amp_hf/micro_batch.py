@@ -193,7 +193,12 @@ class MicroBatchAMP:
             with weights as result:
                 block.result, block.local, block.saved = result, layout(params).local, saved
                 if result.skipped:
-                    self._count_skip("the ascent's loss or gradient was not finite")
+                    momentum = self.config.direction == "momentum"
+                    self._count_skip(
+                        "the optimizer's first moment was not finite"
+                        if momentum
+                        else "the ascent's loss or gradient was not finite"
+                    )
                 torch.clear_autocast_cache()  # the descent must not run at copies of θ made by the clean pass
                 yield result
         finally:

@@ -239,3 +239,18 @@ def test_msam_preset_is_the_literature_method_on_the_global_sphere(tmp_path):
     assert deltas == pytest.approx([0.0, 3.0, 3.0], rel=1e-5) and trainer.passes == 3
     with pytest.raises(ValueError, match="amp_ascent_fraction must be 1 with amp_direction='momentum'"):
         AMPTrainingArguments(output_dir=str(tmp_path), amp_preset="msam", amp_ascent_fraction=0.125)
+
+
+def test_a_non_finite_first_moment_trains_at_theta_and_is_counted(caplog):
+    model, data = TinyClassifier(), DictDataset(n=8)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    amp = AMP(model, optimizer=optimizer, amp_direction="momentum")
+    batch = {"x": data.x[:4], "labels": data.y[:4]}
+    model(**batch)["loss"].backward()
+    optimizer.step()
+    optimizer.state[model.fc1.weight]["momentum_buffer"][0, 0] = float("nan")
+    before = params_of(model)
+    with amp.perturbed(batch) as result:
+        assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # at θ, no NaN reached them
+    assert result.skipped and not result.moved and amp.skipped == 1
+    assert "the optimizer's first moment was not finite" in caplog.text
