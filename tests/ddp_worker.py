@@ -44,6 +44,7 @@ from helpers import (
     FREE_BALL,
     DictDataset,
     MeanLossWithKwargs,
+    MomentumAMPTrainer,
     OverflowsWhenPushed,
     SequentialAMPTrainer,
     SequentialTrainer,
@@ -197,8 +198,8 @@ def main() -> None:
         assert_ranks_identical(one_rank.model)
     print(f"rank {dist.get_rank()}: overflow on one rank: every rank decided alike", flush=True)
 
-    momentum = dict(amp_direction="momentum", amp_norm="global", amp_epsilon=0.3, optim_args="momentum=0.9")
-    msam, msam_counts = run(SequentialAMPTrainer, TinyClassifier(), data, out, **momentum)
+    momentum = dict(amp_direction="momentum", amp_norm="global", amp_epsilon=0.3)
+    msam, msam_counts = run(MomentumAMPTrainer, TinyClassifier(), data, out, **momentum)
     expected_msam = reference_momentum_amp(
         TinyClassifier(), data, steps=STEPS, batch_size=BATCH, grad_accum=2, epsilon=0.3
     )

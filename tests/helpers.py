@@ -102,6 +102,24 @@ class SequentialAMPTrainer(InOrder, AMPMixin, Trainer):
     pass
 
 
+class WithMomentumSGD:
+    """Mixin: SGD with momentum 0.9 at the arguments' learning rate, on every transformers release (4.57 ignores
+    optim_args for optim='sgd'), for the momentum direction."""
+
+    def create_optimizer(self, *args, **kwargs):
+        if self.optimizer is None:
+            self.optimizer = torch.optim.SGD(self.model.parameters(), lr=self.args.learning_rate, momentum=0.9)
+        return self.optimizer
+
+
+class MomentumAMPTrainer(WithMomentumSGD, SequentialAMPTrainer):
+    pass
+
+
+class MomentumTrainer(WithMomentumSGD, SequentialTrainer):
+    pass
+
+
 def tiny_args(output_dir, **overrides) -> AMPTrainingArguments:
     """SGD at a constant rate, no clipping, no saving, no reporting: every update is easy to replay."""
     settings = dict(

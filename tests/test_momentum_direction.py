@@ -9,8 +9,9 @@ import torch
 from accelerate_loop import train_with_amp
 from helpers import (
     DictDataset,
+    MomentumAMPTrainer,
+    MomentumTrainer,
     SequentialAMPTrainer,
-    SequentialTrainer,
     TinyClassifier,
     assert_params_close,
     assert_params_equal,
@@ -24,8 +25,8 @@ from test_loop import AutocastClassifier
 from amp_hf import AMP, AMPConfig, AMPTrainingArguments
 from amp_hf import trainer as trainer_module
 
-MOMENTUM = {"amp_direction": "momentum", "optim_args": "momentum=0.9"}
-"""The Trainer's SGD with momentum 0.9 (tiny_args: optim='sgd', constant lr 0.1), and the momentum direction."""
+MOMENTUM = {"amp_direction": "momentum"}
+"""With `MomentumAMPTrainer`: SGD with momentum 0.9 at tiny_args' constant lr 0.1, and the momentum direction."""
 
 
 def train(trainer_cls, model, tmp_path, dataset=None, **overrides):
@@ -34,7 +35,7 @@ def train(trainer_cls, model, tmp_path, dataset=None, **overrides):
     return trainer
 
 
-class CountingPasses(SequentialAMPTrainer):
+class CountingPasses(MomentumAMPTrainer):
     def compute_loss(self, *args, **kwargs):
         self.passes = getattr(self, "passes", 0) + 1
         return super().compute_loss(*args, **kwargs)
@@ -82,7 +83,7 @@ def test_the_one_pass_updates_the_running_statistics_and_start_step_keeps_delta_
     """BatchNorm's statistics are the pass's, at θ + Δ (there is no other pass); before amp_start_step, Δ = 0."""
     model = TinyClassifier(batchnorm=True)
     trainer = train(
-        SequentialAMPTrainer, model, tmp_path, amp_norm="global", amp_epsilon=0.3, amp_start_step=2, max_steps=4,
+        MomentumAMPTrainer, model, tmp_path, amp_norm="global", amp_epsilon=0.3, amp_start_step=2, max_steps=4,
         **MOMENTUM,
     )  # fmt: skip
     expected = reference_momentum_amp(
@@ -102,7 +103,7 @@ def test_epsilon_zero_and_the_first_step_are_the_plain_trainer_bit_for_bit(tmp_p
     for overrides in ({"amp_epsilon": 0.0, "max_steps": 3}, {"amp_epsilon": 0.5, "max_steps": 1}):
         common = dict(gradient_accumulation_steps=2, **overrides)
         amp = train(CountingPasses, TinyClassifier(), tmp_path / "amp", **MOMENTUM, **common)
-        erm = train(SequentialTrainer, TinyClassifier(), tmp_path / "erm", optim_args="momentum=0.9", **common)
+        erm = train(MomentumTrainer, TinyClassifier(), tmp_path / "erm", **common)
         assert_params_equal(amp.model, erm.model)
         assert amp.passes == 2 * overrides["max_steps"]
 
@@ -165,9 +166,9 @@ def test_settings_without_meaning_are_refused_naming_the_field(tmp_path, setting
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"optim_args": None}, "SGD with momentum=0 keeps no momentum_buffer"),
-        ({"optim": "adagrad", "optim_args": None}, "Adagrad keeps no first moment"),
-        ({"optim": "adafactor", "optim_args": None, "learning_rate": 1e-3}, "Adafactor without beta1"),
+        ({}, "SGD with momentum=0 keeps no momentum_buffer"),
+        ({"optim": "adagrad"}, "Adagrad keeps no first moment"),
+        ({"optim": "adafactor", "learning_rate": 1e-3}, "Adafactor without beta1"),
     ],
 )
 def test_trainer_refuses_an_optimizer_without_a_first_moment_before_it_trains(tmp_path, overrides, message):
@@ -216,7 +217,7 @@ def test_loop_refuses_to_run_on_when_no_optimizer_step_was_seen():
 
 def test_deepspeed_is_refused_by_name(tmp_path, monkeypatch):
     """ZeRO partitions the optimizer state: the first moment cannot be read per parameter."""
-    trainer = SequentialAMPTrainer(
+    trainer = MomentumAMPTrainer(
         model=TinyClassifier(), args=tiny_args(tmp_path, **MOMENTUM), train_dataset=DictDataset()
     )
     monkeypatch.setattr(trainer_module.deepspeed_engine, "check_supported", lambda accelerator: None)
@@ -234,7 +235,7 @@ def test_msam_preset_is_the_literature_method_on_the_global_sphere(tmp_path):
     preset = PRESETS["msam"]
     assert preset.is_method and preset.study_entry is None and "not a recommendation" in preset.when
     assert preset_config("msam") == AMPConfig(direction="momentum", norm="global", epsilon=3.0, inner_steps=1)
-    trainer = train(CountingPasses, TinyClassifier(), tmp_path, amp_preset="msam", optim_args="momentum=0.9")
+    trainer = train(CountingPasses, TinyClassifier(), tmp_path, amp_preset="msam")
     deltas = [e["amp_delta_norm"] for e in trainer.state.log_history if "loss" in e]
     assert deltas == pytest.approx([0.0, 3.0, 3.0], rel=1e-5) and trainer.passes == 3
     with pytest.raises(ValueError, match="amp_ascent_fraction must be 1 with amp_direction='momentum'"):
