@@ -39,6 +39,8 @@ import transformers
 from transformers import Trainer
 
 from amp_hf import AMPTrainer, perturbed_weights
+from amp_hf.first_moment import first_moments
+from amp_hf.perturbation import momentum_perturbed_weights
 
 from .methods import passes_per_step
 from .reports import command
@@ -151,7 +153,30 @@ def time_model(name: str, build, rounds: int, only: list[str] | None = None) -> 
     result = {"forward_backward_s": fb, "optimizer_step_s": opt, "rounds": rounds, "settings": rows}
     if "AMP momentum" in chosen:
         result["momentum_tensor_peak"] = momentum_tensor_peak(trainers, model, batch)
+        result["momentum_arithmetic_vs_erm_step"] = momentum_arithmetic_share(trainers, model, batch, rounds)
     return result
+
+
+def momentum_arithmetic_share(trainers: dict, model, batch, rounds: int) -> float:
+    """The momentum direction's own arithmetic (save θ, m's norms, θ − f·m, restore) over an ERM step, by the clock:
+    `momentum_perturbed_weights` on the momentum trainer's own first moments, interleaved with ERM steps; the median of
+    the round-by-round ratios. What the step costs beyond it is glue and the machine's noise."""
+    amp = trainers["AMP momentum"]
+    params = [p for _, p in amp.amp_parameters(model)]
+    moments = first_moments(amp.optimizer, params)
+    saved = amp._amp._theta.for_params(params)
+    steps, arithmetic = [], []
+    for step in range(rounds):
+        steps.append(timed(lambda s=step: train_step(trainers["ERM"], model, batch, s)))
+        arithmetic.append(timed(lambda: _perturb_along_momentum_and_restore(params, moments, amp.amp_config, saved)))
+    share = round(statistics.median(a / s for a, s in zip(arithmetic, steps)), 4)
+    print(f"  momentum direction: its arithmetic, timed alone = {100 * share:.2f}% of an ERM step")
+    return share
+
+
+def _perturb_along_momentum_and_restore(params, moments, config, saved) -> None:
+    with momentum_perturbed_weights(params, moments, config, saved):
+        pass
 
 
 def momentum_tensor_peak(trainers: dict, model, batch) -> dict:
