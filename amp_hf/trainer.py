@@ -217,7 +217,8 @@ class AMPMixin:
             self._amp_announce(model)
         if not self.amp_config.applies_at(self.state.global_step):
             return super().training_step(model, inputs, num_items_in_batch)
-        model.train()
+        if self.amp_config.direction == "gradient":  # the ascent runs the model before the Trainer's step sets this
+            model.train()
         if callable(getattr(self.optimizer, "train", None)):
             self.optimizer.train()  # schedule-free optimizers swap their weights in here: do it before the ascent
         engine = deepspeed_engine.engine_of(model)
