@@ -45,6 +45,8 @@ def first_moment_problem(optimizer: Any) -> str | None:
         return "Adafactor without beta1 keeps no exp_avg"
     if name in NEVER_A_FIRST_MOMENT:
         return f"{name} keeps no first moment"
+    if type(inner).__module__.split(".")[0] == "bitsandbytes":  # 8-bit states: `state1`, quantized in blocks
+        return f"{name} (bitsandbytes) keeps its first moment quantized, not as a tensor per parameter"
     return None
 
 

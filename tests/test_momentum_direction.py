@@ -255,3 +255,21 @@ def test_a_non_finite_first_moment_trains_at_theta_and_is_counted(caplog):
         assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # at θ, no NaN reached them
     assert result.skipped and not result.moved and amp.skipped == 1
     assert "the optimizer's first moment was not finite" in caplog.text
+
+
+def test_first_moment_problems_are_named_from_the_class_and_settings():
+    """Read before the first step: what can never give a direction; an unknown class is judged by its state."""
+    from amp_hf.first_moment import first_moment_problem
+
+    params = list(TinyClassifier().parameters())
+
+    class AdamW8bit(torch.optim.AdamW):  # stands in for bitsandbytes' 8-bit AdamW (its states are quantized)
+        pass
+
+    AdamW8bit.__module__ = "bitsandbytes.optim.adamw"
+    assert "quantized" in first_moment_problem(AdamW8bit(params))
+    assert first_moment_problem(torch.optim.SGD(params, lr=0.1, momentum=0.9)) is None
+    assert "momentum=0" in first_moment_problem(torch.optim.RMSprop(params))
+    assert first_moment_problem(torch.optim.RMSprop(params, momentum=0.9)) is None
+    assert first_moment_problem(torch.optim.NAdam(params)) is None
+    assert "Adadelta keeps no first moment" in first_moment_problem(torch.optim.Adadelta(params))
