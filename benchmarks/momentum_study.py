@@ -29,6 +29,7 @@ PROTOCOL (written before any of its runs, 7 December 2026; issue 32 point 4; doc
 
     python -m benchmarks.momentum_study                    # the tuning sweep, then the held-out check (up to 47 runs)
     python -m benchmarks.momentum_study --phase tune       # the tuning sweep only (27 runs)
+    python -m benchmarks.momentum_study --phase check      # the held-out check, on the tuning runs as recorded
     python -m benchmarks.momentum_study --cached-only      # the report from the recorded runs, training none
 
 Records in benchmarks/results/records/momentum_study.jsonl. Writes benchmarks/results/momentum_study.{json,md}; when
@@ -121,17 +122,29 @@ def markdown(report: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--phase", choices=("tune", "all"), default="all", help="tune: the tuning sweep only")
+    parser.add_argument(
+        "--phase", choices=("tune", "check", "all"), default="all",
+        help="tune: the tuning sweep only; check: the held-out check, reading the tuning runs as recorded (by any "
+        "code: a sweep may finish under one code while the check starts under the next), training none of them",
+    )  # fmt: skip
     parser.add_argument("--cached-only", action="store_true", help="write the report from recorded runs, train none")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--cache", type=Path, default=RUNS / "momentum_study.jsonl", help="run records")
     parser.add_argument("--out", type=Path, default=None, help="default: benchmarks/results")
     cli = parser.parse_args()
     started = time.perf_counter()
-    scheduler = Scheduler(cli.workers, RunStore(cli.cache), cached_only=cli.cached_only)
-    for rank, seed in enumerate(TUNING_SEEDS):  # seed-major: a sweep cut short has whole seeds
-        scheduler.add([Spec(TUNE, m, seed) for m in (ERM, FULL, *CANDIDATES)], 10 - rank)
-    if cli.phase == "all":
+    store = RunStore(cli.cache)
+    scheduler = Scheduler(cli.workers, store, cached_only=cli.cached_only)
+    tuning_missing: list[Spec] = []
+    if cli.phase == "check":
+        recorded = Scheduler(1, store, cached_only=True)
+        recorded.add([Spec(TUNE, m, seed) for seed in TUNING_SEEDS for m in (ERM, FULL, *CANDIDATES)], 0)
+        scheduler.done.update(recorded.done)
+        tuning_missing = recorded.missing
+    else:
+        for rank, seed in enumerate(TUNING_SEEDS):  # seed-major: a sweep cut short has whole seeds
+            scheduler.add([Spec(TUNE, m, seed) for m in (ERM, FULL, *CANDIDATES)], 10 - rank)
+    if cli.phase != "tune":  # the check's runs that do not wait on the choice
         scheduler.add([Spec(CHECK, m, s) for m in (ERM, FULL, EIGHTH) for s in CHECK_SEEDS], 1)
     state: dict[str, Any] = {}
 
@@ -143,7 +156,7 @@ def main() -> None:
         state["choice"] = choose(summary(scheduler.done, TUNE, CANDIDATES, TUNING_SEEDS))
         print(f"choice: {state['choice']}", flush=True)
         state["chosen"] = next((m for m in CANDIDATES if m.name == (state["choice"] or {}).get("chosen")), None)
-        if state["chosen"] is not None and cli.phase == "all":
+        if state["chosen"] is not None and cli.phase != "tune":
             scheduler.add([Spec(CHECK, state["chosen"], s) for s in CHECK_SEEDS], 3)
 
     scheduler.run(on_progress)
@@ -155,17 +168,18 @@ def main() -> None:
         "time_goal": TIME_GOAL,
         "tuning": summary(scheduler.done, TUNE, CANDIDATES, TUNING_SEEDS),
         "choice": state.get("choice"),
-        "check": summary(scheduler.done, CHECK, checked, CHECK_SEEDS) if cli.phase == "all" else None,
+        "check": summary(scheduler.done, CHECK, checked, CHECK_SEEDS) if cli.phase != "tune" else None,
     }
     row = ((report["check"] or {}).get("methods") or {}).get(chosen.name) if chosen else None
     report["proposed"] = {"args": chosen.kwargs, "start_fraction": chosen.start} if row and row["meets_goal"] else None
     report["methods"] = {m.name: {**m.kwargs, "start_fraction": m.start} for m in (FULL, EIGHTH, *CANDIDATES)}
-    report["runs_not_run"] = sorted(f"{s.task} seed {s.seed} {s.method.name}" for s in scheduler.missing)
+    missing = [*tuning_missing, *scheduler.missing]
+    report["runs_not_run"] = sorted(f"{s.task} seed {s.seed} {s.method.name}" for s in missing)
     report["runs_made_by"] = scheduler.made_by()
     report["wall_seconds"] = round(time.perf_counter() - started)
-    out = cli.out or (OUTPUTS / "momentum_study" / "partial" if scheduler.missing else RESULTS)
-    if scheduler.missing:
-        print(f"{len(scheduler.missing)} runs have no record: a partial report in {out}")
+    out = cli.out or (OUTPUTS / "momentum_study" / "partial" if missing else RESULTS)
+    if missing:
+        print(f"{len(missing)} runs have no record: a partial report in {out}")
     out.mkdir(parents=True, exist_ok=True)
     (out / "momentum_study.json").write_text(json.dumps(report, indent=1, default=str, ensure_ascii=False) + "\n")
     text = markdown(report) + "\n" + "\n".join(made_by_lines(report["runs_made_by"], cli.cache))
