@@ -64,6 +64,7 @@ TESTS_457 += tests/test_sharding.py tests/test_process_group.py tests/test_distr
 TESTS_457 += tests/test_integrations.py tests/test_examples.py
 TESTS_457 += tests/test_loop_hooks.py tests/test_wrapped_models.py tests/test_announce.py tests/test_trainer_refusals.py
 TESTS_457 += tests/test_compare_recording.py tests/test_compare_inprocess.py  # compare reads what the Trainer writes
+TESTS_457 += tests/test_momentum_direction.py
 
 test-457: install-457 data
 	$(VENV_457)/bin/python -c "import transformers; assert transformers.__version__ == '4.57.6', transformers.__version__"

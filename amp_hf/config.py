@@ -17,6 +17,10 @@ NORMS = ("tensor", "global", "relative", "elementwise")
 per tensor whose radius is ε times that tensor's norm (scale-aware, in the spirit of AWP), or ASAM's elementwise
 scale-invariant ball over all tensors (Kwon et al., ICML 2021): ‖Δ / (|θ| + 0.01)‖₂ ≤ ε."""
 
+DIRECTIONS = ("gradient", "momentum")
+"""Allowed `amp_direction` values: Δ from the gradient at θ (the paper's ascent, one extra pass per inner step), or
+from the optimizer's first moment with the sign of its next step (Momentum-SAM's direction, no extra pass)."""
+
 PATTERN_FIELDS = ("include", "exclude")
 """The fields that hold regular expressions over parameter names."""
 
@@ -36,6 +40,9 @@ class AMPConfig:
     """Empty: every trainable parameter is a candidate; otherwise only those whose name matches one pattern."""
     ascent_fraction: float = 1.0
     """Share of each micro-batch (its first ⌈f·B⌉ examples) that the ascent passes use; the descent uses all of it."""
+    direction: str = "gradient"
+    """Where Δ comes from: the ascent gradient ("gradient") or the optimizer's first moment ("momentum", no ascent
+    pass: the inner steps, their learning rate and the ascent fraction have nothing to act on, and are refused)."""
 
     def __post_init__(self) -> None:
         # Patterns first: argument parsers hand over lists, and a frozen dataclass wants a tuple.
@@ -70,6 +77,32 @@ class AMPConfig:
         fraction = number("ascent_fraction", self.ascent_fraction)
         if not 0 < fraction <= 1:
             raise ValueError(f"amp_ascent_fraction must be in (0, 1] (1 = the whole micro-batch), got {fraction!r}")
+        if self.direction not in DIRECTIONS:
+            allowed = ", ".join(repr(d) for d in DIRECTIONS)
+            raise ValueError(f"amp_direction must be one of {allowed}, got {self.direction!r}")
+        if self.direction == "momentum":
+            self._validate_momentum()
+
+    def _validate_momentum(self) -> None:
+        """The fields that act on the ascent passes: with Δ read from the optimizer no such pass runs, so a value
+        other than their neutral one would be silently ignored."""
+        without_pass = "amp_direction='momentum' takes Δ from the optimizer's first moment and runs no ascent pass"
+        if self.inner_steps > 1:
+            raise ValueError(
+                f"amp_inner_steps must be 1 (or 0: AMP off) with amp_direction='momentum', got {self.inner_steps!r}: "
+                f"{without_pass}, so there are no inner steps to repeat. Use amp_direction='gradient' for K > 1."
+            )
+        if self.ascent_fraction != 1:
+            raise ValueError(
+                f"amp_ascent_fraction must be 1 with amp_direction='momentum', got {self.ascent_fraction!r}: "
+                f"{without_pass}, so there is no ascent to cut to a share of the micro-batch (the one pass already "
+                "costs what ERM's does)."
+            )
+        if self.inner_lr != 1:
+            raise ValueError(
+                f"amp_inner_lr must be 1 with amp_direction='momentum', got {self.inner_lr!r}: {without_pass}; Δ is "
+                "the momentum scaled onto the sphere of radius amp_epsilon, so only amp_epsilon sets its size."
+            )
 
     @property
     def enabled(self) -> bool:

@@ -27,6 +27,7 @@ import torch
 
 from . import selection
 from .config import AMPConfig
+from .first_moment import first_moment_problem, refusal
 from .micro_batch import MicroBatchAMP, announce, warn_if_defaults_misfit
 from .perturbation import AscentResult
 from .presets import SETTING_NAMES, resolve
@@ -89,8 +90,10 @@ class AMP:
 
     `model`: the model the loop trains, as `accelerator.prepare` returned it (DDP and compile wrappers are looked
     through) or bare. `accelerator` (optional) supplies the fp16 GradScaler, the accumulation boundary and the
-    distributed type; without one, every `perturbed` call is one optimizer step. Settings: the `amp_*` keywords of
-    `AMPTrainingArguments`, validated the same way, over a named `amp_preset` or a whole `config=AMPConfig(...)`.
+    distributed type; without one, every `perturbed` call is one optimizer step. `optimizer` (optional): where
+    `amp_direction='momentum'` reads Δ; without it, the optimizer seen stepping the perturbed parameters (its step
+    hooks see it), from its first step on. Settings: the `amp_*` keywords of `AMPTrainingArguments`, validated the
+    same way, over a named `amp_preset` or a whole `config=AMPConfig(...)`.
     """
 
     def __init__(
@@ -100,6 +103,7 @@ class AMP:
         accelerator: Any = None,
         config: AMPConfig | None = None,
         loss_fn: LossFn | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
         amp_preset: str | None = None,
         **amp_settings: Any,
     ) -> None:
@@ -112,12 +116,19 @@ class AMP:
         self.model = model
         self.accelerator = accelerator
         self.loss_fn = loss_fn or default_loss
+        self.optimizer = optimizer
+        """Where amp_direction='momentum' reads Δ; None: the optimizer seen stepping the perturbed parameters."""
+        self._boundaries = 0  # optimizer steps this object has counted (`optimizer_steps` may be set on resume)
         self.optimizer_steps = 0
         """Optimizer steps taken so far, as counted by `perturbed` (set it when resuming a run)."""
         self._amp = MicroBatchAMP(self.config)
         self._open = False
         if self.config.enabled:
             self._check_supported()
+            if self.config.direction == "momentum" and optimizer is not None:
+                problem = first_moment_problem(optimizer)
+                if problem is not None:
+                    raise ValueError(refusal(problem))
         named = unwrapped(model)
         self.selection = selection.report(named, self.config)
         """What AMP perturbs in this model; its `problems()` (patterns matching nothing) are logged as warnings."""
@@ -181,7 +192,9 @@ class AMP:
             )
         step, loss_fn = self.optimizer_steps, loss_fn or self.loss_fn
         ascent = None
-        if self.config.applies_at(step):  # the scale is read on AMP steps only: on a GPU, reading it syncs
+        if self.config.applies_at(step) and self.config.direction == "momentum":
+            ascent = self._amp.perturbed(self.model, batch, loss_fn, None, optimizer=self._momentum_source())
+        elif self.config.applies_at(step):  # the scale is read on AMP steps only: on a GPU, reading it syncs
             ascent = self._amp.perturbed(self.model, batch, loss_fn, grad_scaler_scale(self.accelerator))
         self._open = True
         try:
@@ -194,11 +207,25 @@ class AMP:
         self._amp.window.add(result, step)
         if bool(getattr(self.accelerator, "sync_gradients", True)):
             self.optimizer_steps += 1
+            self._boundaries += 1
+
+    def _momentum_source(self) -> Any:
+        """The optimizer the momentum direction reads: the one given, else the one seen stepping; refused when an
+        optimizer step has passed and none holding the perturbed parameters was seen (Δ would stay 0: plain ERM)."""
+        optimizer = self.optimizer if self.optimizer is not None else self._amp.seen_optimizer
+        if optimizer is None and self._boundaries > 0:
+            raise RuntimeError(
+                "AMP with amp_direction='momentum': an optimizer step has passed, but no optimizer holding the "
+                "perturbed parameters was seen stepping (a step taken another way, e.g. by a fused backward "
+                "hook), so there is no first moment to read and every step would be plain ERM. Pass the optimizer: "
+                "AMP(model, optimizer=optimizer, ...)."
+            )
+        return optimizer
 
     def metrics(self) -> dict[str, float]:
         """AMP's numbers since the last call (`micro_batch.METRIC_NAMES`, as AMPTrainer logs them, docs/arguments.md;
-        `amp_clean_loss` is NaN without an AMP micro-batch), summed over the processes: call it on every process."""
-        window, self._amp.window = self._amp.window, type(self._amp.window)()
+        `amp_clean_loss` is NaN without an AMP micro-batch, absent for the momentum direction), summed over the
+        processes: call it on every process."""
         processes = max(1, int(getattr(self.accelerator, "num_processes", 1)))
         reduce = None if processes == 1 else (lambda t: self.accelerator.reduce(t, reduction="sum"))
-        return window.metrics(getattr(self.accelerator, "device", "cpu"), reduce, processes, float("nan"))
+        return self._amp.take_metrics(getattr(self.accelerator, "device", "cpu"), reduce, processes, float("nan"))

@@ -2,10 +2,12 @@
 
 AMPTrainer (`trainer.py`) and the custom-loop API (`loop.py`) each own one `MicroBatchAMP` and supply only the
 micro-batch, its mean-loss function, the model and the optimizer step they are at. Here, once: unwrapping, FSDP2's
-preparation and the ascent's head (`perturbed`), the gradient at the current weights (`gradient`), the running
-statistics, skip decisions and the descent's fallback (`fall_back`), θ's buffers, what is perturbed (`parameters`,
-`announce`, `warn_if_defaults_misfit`), the metrics (`METRIC_NAMES`) and the optimizer-step hooks, which act only
-inside the owner's block and only on optimizers holding its perturbed parameters (`_before_step`).
+preparation and the ascent's head (`perturbed`), the direction Δ comes from (the ascent gradient, `_along_gradient`,
+or the optimizer's first moment, `_along_momentum`, read from the optimizer given or seen by the step hooks), the
+gradient at the current weights (`gradient`), the running statistics, skip decisions and the descent's fallback
+(`fall_back`), θ's buffers, what is perturbed (`parameters`, `announce`, `warn_if_defaults_misfit`), the metrics
+(`METRIC_NAMES`) and the optimizer-step hooks, which act only inside the owner's block and only on optimizers holding
+its perturbed parameters (`_before_step`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from . import selection
 from .batch import head_of_batch
 from .config import AMPConfig
 from .deepspeed_engine import zero3_gradient
-from .perturbation import AscentResult, ThetaBuffers, perturbed_weights
+from .first_moment import first_moment_problem, first_moments, refusal
+from .perturbation import AscentResult, ThetaBuffers, momentum_perturbed_weights, perturbed_weights
 from .running_stats import kept_from_the_clean_pass
 from .sharding import is_partitioned, is_sharded, layout
 from .wrapped_models import (
@@ -85,6 +88,14 @@ class MicroBatchAMP:
         self._perturbed_ids: frozenset[int] = frozenset()
         self.first_step: Callable[[torch.optim.Optimizer], None] | None = None
         """Called once, at the first step of an optimizer that holds the perturbed parameters (the loop's warning)."""
+        self._stepped: weakref.ref | None = None
+        """The last optimizer seen stepping the perturbed parameters: where the momentum direction is read when the
+        owner names none."""
+
+    @property
+    def seen_optimizer(self) -> torch.optim.Optimizer | None:
+        """The last optimizer seen stepping the perturbed parameters (None before its first step)."""
+        return None if self._stepped is None else self._stepped()
 
     def parameters(self, model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
         """(name, parameter) of every tensor AMP perturbs now: selected by the model's own names (cached per model
@@ -154,11 +165,13 @@ class MicroBatchAMP:
         loss_of: Callable[[torch.nn.Module, Any], torch.Tensor],
         scale: float | None,
         engine: Any = None,
+        optimizer: Any = None,
     ) -> Iterator[AscentResult]:
         """The weights at θ + Δ for the block (the descent), θ again afterwards, bit for bit, also on error.
 
         `loss_of(module, head)` is the mean loss of `head`, the micro-batch cut to `amp_ascent_fraction`, on the model
-        without its wrappers. When nothing is perturbed the block runs at θ and the result is empty.
+        without its wrappers. When nothing is perturbed the block runs at θ and the result is empty. `optimizer`: where
+        the momentum direction is read (default: the one last seen stepping these parameters).
         """
         module, trainable = unwrapped(model), None
         if is_fsdp2(module):
@@ -170,14 +183,49 @@ class MicroBatchAMP:
         if not params:
             yield AscentResult()
             return
+        self._hook_once()
+        self._perturbed_ids = frozenset(id(p) for p in params)
+        saved = self._theta.for_params(params)
+        if self.config.direction == "momentum":
+            weights = self._along_momentum(params, saved, optimizer)
+        else:
+            weights = self._along_gradient(module, batch, loss_of, params, saved, scale, trainable, engine)
+        block = _Block(module if trainable is not None else None)
+        self._block = block
+        try:
+            with weights as result:
+                block.result, block.local, block.saved = result, layout(params).local, saved
+                if result.skipped:
+                    momentum = self.config.direction == "momentum"
+                    self._count_skip(
+                        "the optimizer's first moment was not finite"
+                        if momentum
+                        else "the ascent's loss or gradient was not finite"
+                    )
+                torch.clear_autocast_cache()  # the descent must not run at copies of θ made by the clean pass
+                yield result
+        finally:
+            self._block = None
+            torch.clear_autocast_cache()
+
+    @contextmanager
+    def _along_gradient(
+        self,
+        module: torch.nn.Module,
+        batch: Any,
+        loss_of: Callable[[torch.nn.Module, Any], torch.Tensor],
+        params: list[torch.Tensor],
+        saved: list[torch.Tensor],
+        scale: float | None,
+        trainable: list[torch.Tensor] | None,
+        engine: Any,
+    ) -> Iterator[AscentResult]:
+        """The paper's ascent: the clean pass and K − 1 more on the head of the micro-batch, one statistics update."""
         if trainable is not None:
             # Every pass of an AMP micro-batch reduce-scatters (the ascent must, and then the descent accumulates into
             # the sharded `.grad`); the Trainer's `no_sync` and accelerate's `accumulate` set it back when they exit.
             module.set_requires_gradient_sync(True)
         head = head_of_batch(batch, self.config.ascent_fraction)
-        self._hook_once()
-        self._perturbed_ids = frozenset(id(p) for p in params)
-        saved = self._theta.for_params(params)
         with kept_from_the_clean_pass(module) as clean_pass_done:
             passes: list[None] = []
 
@@ -188,19 +236,25 @@ class MicroBatchAMP:
                 passes.append(None)
                 return loss_and_grads
 
-            block = _Block(module if trainable is not None else None)
-            self._block = block
-            try:
-                config, world = self.config, world_if_distributed()
-                with perturbed_weights(params, gradient, config, saved, world) as result:
-                    block.result, block.local, block.saved = result, layout(params).local, saved
-                    if result.skipped:
-                        self._count_skip("the ascent's loss or gradient was not finite")
-                    torch.clear_autocast_cache()  # the descent must not run at copies of θ made by the clean pass
-                    yield result
-            finally:
-                self._block = None
-                torch.clear_autocast_cache()
+            with perturbed_weights(params, gradient, self.config, saved, world_if_distributed()) as result:
+                yield result
+
+    def _along_momentum(self, params: list[torch.Tensor], saved: list[torch.Tensor], optimizer: Any) -> Any:
+        """Momentum-SAM's direction: no pass of its own, so the block's pass is the micro-batch's only one, and makes
+        its running-statistics update, as in ERM."""
+        momenta = first_moments(optimizer if optimizer is not None else self.seen_optimizer, params)
+        return momentum_perturbed_weights(params, momenta, self.config, saved, world_if_distributed())
+
+    def take_metrics(
+        self, device: Any, reduce: Callable[[torch.Tensor], torch.Tensor] | None, processes: int, empty: float
+    ) -> dict[str, float]:
+        """`METRIC_NAMES` since the last call (see `MetricsWindow.metrics`), and a new window; without
+        `amp_clean_loss` for the momentum direction, which runs no clean pass to report."""
+        window, self.window = self.window, MetricsWindow()
+        metrics = window.metrics(device, reduce, processes, empty)
+        if self.config.direction == "momentum":
+            del metrics["amp_clean_loss"]
+        return metrics
 
     def fall_back(self) -> None:
         """Inside the block: θ back now, for a descent pass whose loss at θ + Δ was not finite."""
@@ -246,9 +300,10 @@ class MicroBatchAMP:
 
         def after(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
             amp = owner()
-            if amp is not None and amp._holds(optimizer) and amp._block is not None and amp._block.result is not None:
+            block = None if amp is None else amp._block
+            if block is not None and block.result is not None and amp._holds(optimizer):
                 with torch.no_grad():  # the stepped weights survive the exit's restore
-                    torch._foreach_copy_(amp._block.saved, amp._block.local)
+                    torch._foreach_copy_(block.saved, block.local)
 
         handles = (register_optimizer_step_pre_hook(before), register_optimizer_step_post_hook(after))
         weakref.finalize(self, _remove, handles)
@@ -260,11 +315,18 @@ class MicroBatchAMP:
     def _before_step(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
         """A step of an optimizer holding this owner's perturbed parameters: inside the block it starts from θ (the
         no_trainer scripts step inside their block), or is refused when it cannot."""
-        if self.first_step is not None and self._holds(optimizer):
+        if not self._holds(optimizer):
+            return
+        if self.first_step is not None:
             first, self.first_step = self.first_step, None
             first(optimizer)
+        if self.config.direction == "momentum" and self.seen_optimizer is not optimizer:
+            problem = first_moment_problem(optimizer)
+            if problem is not None:
+                raise ValueError(refusal(problem))
+            self._stepped = weakref.ref(optimizer)
         block = self._block
-        if block is None or block.result is None or not self._holds(optimizer):
+        if block is None or block.result is None:
             return
         if torch._C._current_autograd_node() is not None:
             raise RuntimeError(STEP_IN_BACKWARD)
@@ -303,13 +365,17 @@ class MetricsWindow:
     last_step: int | None = None
 
     def add(self, result: AscentResult, step: int, fell_back: bool = False) -> None:
-        """One AMP micro-batch of optimizer step `step` (a micro-batch that was not an AMP step adds nothing)."""
-        if result.clean_loss is None:
+        """One AMP micro-batch of optimizer step `step` (a micro-batch that was not an AMP step adds nothing, nor does
+        one of the momentum direction before the optimizer has a first moment: it trained at θ)."""
+        if result.clean_loss is None and not result.moved and not result.skipped:
             return
         if step != self.last_step:
             self.last_step, self.steps = step, self.steps + 1
-        self.clean_sum = self.clean_sum + torch.nan_to_num(result.clean_loss.double(), nan=0.0, posinf=0.0, neginf=0.0)
-        self.ascents += 1
+        if result.clean_loss is not None:  # the momentum direction has no clean pass
+            self.clean_sum = self.clean_sum + torch.nan_to_num(
+                result.clean_loss.double(), nan=0.0, posinf=0.0, neginf=0.0
+            )
+            self.ascents += 1
         if result.skipped or fell_back:
             self.skipped += 1
         elif result.delta_norm is not None:

@@ -12,10 +12,22 @@
                                                    (the last projection is fused into θ_saved + Δ)
     θ ← θ_saved                                    exactly: copied back, never θ + Δ − Δ
 
+The momentum direction (amp_direction="momentum", Momentum-SAM's perturbation, Becker et al. 2024), with no pass of
+its own:
+
+    m ← the optimizer's first moment               SGD's momentum_buffer, the Adam family's exp_avg; a tensor
+                                                   without one yet keeps Δ = 0 (`first_moment.py`)
+    Δ ← −m ("elementwise": −T²⊙m)                  the sign of the optimizer's next step, θ − lr·m
+    Δ ← Δ scaled onto the sphere of the ball       the same balls as above, always on the boundary: m's length
+                                                   says nothing about how far to look
+    θ ← θ_saved + Δ;  g ← ∇L_B(θ)                  the caller's one pass, the one ERM makes anyway
+    θ ← θ_saved                                    exactly, as above
+
 `perturbed_weights` is a context manager: it runs the clean pass and the K − 1 intermediate ascent passes itself,
 leaves the weights at θ + Δ inside the `with` block, where the caller takes the descent gradient its own way (the
 Trainer's loss path and backward), and copies θ back on exit, also when anything raises. Knowing nothing of the
-Trainer, it is also what the sharpness tools use.
+Trainer, it is also what the sharpness tools use. `momentum_perturbed_weights` is its counterpart for the momentum
+direction: the same block, θ + Δ inside, θ after, with Δ given instead of found.
 
 Sharded parameters (FSDP2 DTensors, ZeRO-3 partitions; `sharding.py`) are perturbed part by part: every step above
 is elementwise except the norms, which must be those of the whole tensors. `_norms` takes them from the local parts
@@ -61,6 +73,8 @@ class AscentResult:
     caller's `agree_over`, else the group the parameters are sharded over (FSDP2, ZeRO-3); None: this process alone."""
     restore: Callable[[], None] = field(default=lambda: None, repr=False)
     """Puts θ back now, inside the `with` block (the exit puts it back anyway)."""
+    moved: bool = False
+    """True once the weights were set to θ + Δ: the block's pass is then a perturbed one (unless `skipped`)."""
 
 
 # ------------------------------------------------------------------------------------ sharded parameters
@@ -109,8 +123,10 @@ def projection_factors(
     theta_norms: torch.Tensor | None = None,
     group: dist.ProcessGroup | None = None,
     scales: Sequence[torch.Tensor] | None = None,
+    onto_sphere: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(factor, norm) per tensor: Δ_p·factor_p is Δ_p projected onto its ball; the norm is ‖Δ_p‖ before projecting.
+    `onto_sphere`: scaled onto the ball's boundary also from inside it (the momentum direction: a direction only).
 
     Per tensor: if ‖Δ_p‖ > ε the factor is ε / (‖Δ_p‖ + 1e-12), else 1. Global: the same with ‖Δ‖ over all tensors,
     one factor for all. Relative: per tensor, with radius ε·‖θ_p‖ (`theta_norms`), so a tensor at zero stays put.
@@ -132,7 +148,9 @@ def projection_factors(
         reference, radius = norms, epsilon * theta_norms.to(norms)
     else:
         reference, radius = norms, epsilon
-    factors = torch.where(reference > radius, radius / (reference + PROJECTION_EPS), torch.ones_like(reference))
+    factors = radius / (reference + PROJECTION_EPS)
+    if not onto_sphere:
+        factors = torch.where(reference > radius, factors, torch.ones_like(reference))
     return factors, norms
 
 
@@ -202,6 +220,19 @@ class ThetaBuffers:
         return self.buffers
 
 
+def _save_theta(
+    params: list[torch.Tensor], saved: Sequence[torch.Tensor] | None, parts: Layout, result: AscentResult
+) -> list[torch.Tensor]:
+    """θ copied into `saved` (or a fresh copy), and `result.restore` set to copy it back."""
+    if saved is None:
+        saved = [p.detach().clone() for p in params]  # θ, restored by copy: exact in any dtype
+    else:
+        saved = list(saved)
+        torch._foreach_copy_(saved, params)
+    result.restore = functools.partial(_restore_, params, saved, parts)
+    return saved
+
+
 @contextmanager
 def perturbed_weights(
     params: Sequence[torch.Tensor],
@@ -234,12 +265,7 @@ def perturbed_weights(
     params, group = parts.local, parts.group
     result.group = decide_over = agree_over if agree_over is not None else group
     with record_function("amp.save"), torch.no_grad():
-        if saved is None:
-            saved = [p.detach().clone() for p in params]  # θ, restored by copy: exact in any dtype
-        else:
-            saved = list(saved)
-            torch._foreach_copy_(saved, params)
-        result.restore = functools.partial(_restore_, params, saved, parts)
+        saved = _save_theta(params, saved, parts, result)
         theta_norms = _norms(saved, group) if config.norm == "relative" else None
         scales = elementwise_scales(saved) if config.norm == "elementwise" else None
     try:
@@ -279,8 +305,69 @@ def perturbed_weights(
                 else:  # the last Δ is not kept: θ_saved + factors·Δ, its projection fused into the addition
                     _set_weights_(params, saved, deltas, at_theta=step == 0, factors=factors)
                 parts.written()
+                result.moved = True
                 result.delta_norm = torch.linalg.vector_norm(norms)
         del deltas, scales  # not needed by the descent pass: free them before the caller's backward
+        yield result
+    finally:
+        with record_function("amp.restore"):
+            _restore_(params, saved, parts)
+
+
+@contextmanager
+def momentum_perturbed_weights(
+    params: Sequence[torch.Tensor],
+    momenta: Sequence[torch.Tensor | None],
+    config: AMPConfig,
+    saved: Sequence[torch.Tensor] | None = None,
+    agree_over: dist.ProcessGroup | None = None,
+) -> Iterator[AscentResult]:
+    """Moves `params` to θ − m scaled onto the sphere of the configured ball for the `with` block, θ afterwards.
+
+    `momenta[i]` is the optimizer's first moment of `params[i]` (its local shard's counterpart when sharded: FSDP2
+    keeps the state as DTensors like the parameters), None where the optimizer holds none yet: that tensor keeps
+    Δ = 0 and is left out of the ball's norms. No gradient is taken here: the block's pass is the only one.
+
+    `agree_over` only becomes `result.group`, the processes that decide the descent's fall-back together: the skip
+    of a non-finite momentum is decided over the shards' group alone (replicated state, as under DDP, gives every
+    process the same Δ and the same decision, with no communication).
+    """
+    params = list(params)
+    result = AscentResult()
+    if not params or not config.enabled:
+        yield result
+        return
+    parts = layout(params)
+    params, group = parts.local, parts.group
+    result.group = agree_over if agree_over is not None else group
+    moving = [i for i, m in enumerate(momenta) if m is not None]
+    with record_function("amp.save"), torch.no_grad():
+        saved = _save_theta(params, saved, parts, result)
+    try:
+        if moving:
+            with record_function("amp.step_and_project"), torch.no_grad():
+                theta = [saved[i] for i in moving]
+                direction = local_shards([momenta[i] for i in moving])
+                theta_norms = _norms(theta, group) if config.norm == "relative" else None
+                scales = elementwise_scales(theta) if config.norm == "elementwise" else None
+                if scales is not None:  # ASAM's scaling of a step, T²⊙m, and its ball ‖Δ/T‖ (a copy of m)
+                    direction = torch._foreach_mul(direction, scales)
+                    torch._foreach_mul_(direction, scales)
+                factors, norms = projection_factors(
+                    direction, config.epsilon, config.norm, theta_norms, group, scales, onto_sphere=True
+                )
+                norms = norms * factors  # after scaling: ε for every ball but 'relative' (ε·‖θ_p‖ per tensor)
+                finite = bool(on_every_process(torch.isfinite(norms).all(), group))  # one host sync per step
+            if finite:
+                with record_function("amp.set_weights"):  # θ_saved − factors·m, the sign fused into the factors
+                    _set_weights_([params[i] for i in moving], theta, direction, at_theta=True, factors=-factors)
+                    parts.written()
+                result.moved = True
+                result.delta_norm = torch.linalg.vector_norm(norms)
+            else:
+                result.skipped = True
+                result.delta_norm = torch.zeros((), device=norms.device)
+            del direction, scales
         yield result
     finally:
         with record_function("amp.restore"):

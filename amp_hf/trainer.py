@@ -36,6 +36,7 @@ from transformers import Seq2SeqTrainer, Trainer
 
 from . import deepspeed_engine, trainer_versions
 from .config import AMPConfig
+from .first_moment import first_moment_problem, refusal
 from .micro_batch import REENTRANT_UNDER_DEEPSPEED, MicroBatchAMP, announce, warn_if_defaults_misfit
 from .perturbation import AscentResult, on_every_process
 from .sharding import fsdp_plugin_problem
@@ -51,6 +52,15 @@ STEPS_IN_BACKWARD = ("lomo", "adalomo", "galore_adamw_layerwise", "galore_adamw_
 STEPS_IN_BACKWARD += ("galore_adafactor_layerwise", "apollo_adamw_layerwise")
 """`optim` values whose optimizer updates the weights during `backward`: under AMP it would step at θ + Δ (refused by
 name before training; any other optimizer stepping in backward is refused at its first step, `micro_batch.py`)."""
+
+
+MOMENTUM_UNDER_DEEPSPEED = (
+    "AMPTrainer does not support amp_direction='momentum' under DeepSpeed: ZeRO keeps the optimizer's first moment "
+    "in the engine's own flat partitions (fp32, split over the processes, not per parameter in optimizer.state), so "
+    "the direction cannot be read per parameter. Use amp_direction='gradient' under DeepSpeed, or DDP / FSDP2 "
+    "(fsdp_config {'version': 2}) for the momentum direction, or set amp_inner_steps=0 / amp_epsilon=0 for plain "
+    "training."
+)
 
 
 class AMPMixin:
@@ -90,6 +100,8 @@ class AMPMixin:
             return config
         if getattr(self, "is_deepspeed_enabled", False):
             deepspeed_engine.check_supported(self.accelerator)
+            if config.direction == "momentum":
+                raise ValueError(MOMENTUM_UNDER_DEEPSPEED)
         optim = str(getattr(getattr(self.args, "optim", None), "value", getattr(self.args, "optim", "")))
         optimizer_name = type(getattr(self, "optimizer", None)).__name__
         if optim in STEPS_IN_BACKWARD or optimizer_name in ("LOMO", "AdaLomo"):
@@ -187,8 +199,13 @@ class AMPMixin:
 
     def _amp_announce(self, model: torch.nn.Module) -> None:
         """The start-up line (what AMP perturbs and the settings, or that AMP is off), on the main process, and the
-        warning for the reference defaults on a pretrained model or with an Adam-family optimizer."""
+        warning for the reference defaults on a pretrained model or with an Adam-family optimizer; before the first
+        step, the refusal of an optimizer the momentum direction cannot read."""
         self._amp_announced = True
+        if self.amp_config.enabled and self.amp_config.direction == "momentum":  # every process: none trains on
+            problem = first_moment_problem(self.optimizer)
+            if problem is not None:
+                raise ValueError(refusal(problem))
         if not self.is_world_process_zero():
             return
         announce(unwrapped(model), self.amp_config)
@@ -207,18 +224,22 @@ class AMPMixin:
             self._amp_announce(model)
         if not self.amp_config.applies_at(self.state.global_step):
             return super().training_step(model, inputs, num_items_in_batch)
-        model.train()
+        if self.amp_config.direction == "gradient":  # the ascent runs the model before the Trainer's step sets this
+            model.train()
         if callable(getattr(self.optimizer, "train", None)):
             self.optimizer.train()  # schedule-free optimizers swap their weights in here: do it before the ascent
         engine = deepspeed_engine.engine_of(model)
-        scale = deepspeed_engine.loss_scale(engine) if engine is not None else grad_scaler_scale(self.accelerator)
+        if self.amp_config.direction == "momentum":  # no ascent pass to scale (and on a GPU, reading the scale syncs)
+            scale = None
+        else:
+            scale = deepspeed_engine.loss_scale(engine) if engine is not None else grad_scaler_scale(self.accelerator)
 
         def mean_loss(module: torch.nn.Module, head: dict[str, Any]) -> torch.Tensor:
             return self._amp_mean_loss(module, head, num_items_in_batch)
 
         with (
             deepspeed_engine.deferred_step(engine),  # DeepSpeed steps inside backward: only once θ is back
-            self._amp.perturbed(model, inputs, mean_loss, scale, engine) as ascent,
+            self._amp.perturbed(model, inputs, mean_loss, scale, engine, self.optimizer) as ascent,
             record_function("amp.descent_pass"),
             self._amp_guarded_descent(ascent),
         ):
@@ -272,7 +293,7 @@ class AMPMixin:
             self._amp.fell_back_from(result[0] if isinstance(result, tuple) else result)
             return result
 
-        if ascent.clean_loss is not None and not ascent.skipped:  # the weights are at θ + Δ
+        if ascent.moved and not ascent.skipped:  # the weights are at θ + Δ
             self.compute_loss = guarded
         try:
             yield
@@ -292,10 +313,10 @@ class AMPMixin:
         """Adds `micro_batch.METRIC_NAMES` to every training log (docs/arguments.md): `loss` stays the Trainer's
         own number; one reduction per log, on every process, like `loss`'s."""
         if "loss" in logs and self.amp_config.enabled:
-            window, self._amp.window = self._amp.window, type(self._amp.window)()
             reduce = lambda t: self.accelerator.reduce(t, reduction="sum")  # noqa: E731
-            logs.update(window.metrics(self.args.device, reduce, self.accelerator.num_processes, logs["loss"]))
-            logs["amp_clean_loss"] = trainer_versions.as_logged(logs["amp_clean_loss"])  # `loss`'s precision
+            logs.update(self._amp.take_metrics(self.args.device, reduce, self.accelerator.num_processes, logs["loss"]))
+            if "amp_clean_loss" in logs:  # not for the momentum direction, which has no clean pass
+                logs["amp_clean_loss"] = trainer_versions.as_logged(logs["amp_clean_loss"])  # `loss`'s precision
         super().log(logs, *args, **kwargs)
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from transformers import Seq2SeqTrainingArguments, TrainingArguments
 
-from .config import NORMS, AMPConfig
+from .config import DIRECTIONS, NORMS, AMPConfig
 from .presets import SCALAR_ARGUMENTS, SETTING_NAMES, find_preset, method_names, resolve
 from .presets import names as preset_names
 
@@ -78,6 +78,18 @@ class AMPArgumentsMixin:
             "running statistics are updated once per micro-batch, by the clean pass on the head at theta, the "
             "weights evaluation runs at (measured against the descent's at theta + delta: docs/arguments.md). "
             "Default 1."
+        },
+    )
+    amp_direction: str | None = field(
+        default=None,
+        metadata={
+            "help": "Where the perturbation comes from: 'gradient' = the ascent gradient at theta (AMP's inner "
+            "maximisation, 1 + K passes per step); 'momentum' = the optimizer's first moment (SGD's momentum buffer, "
+            "the Adam family's exp_avg) with the sign of its next step, scaled onto the sphere of the amp_norm ball of "
+            "radius amp_epsilon (Momentum-SAM's direction: no extra pass, about ERM's cost; needs an optimizer with "
+            "momentum; amp_inner_steps 1, amp_inner_lr 1 and amp_ascent_fraction 1, which it has no use for; "
+            "theta + delta = theta until the optimizer's first step). Default 'gradient'.",
+            "choices": list(DIRECTIONS),
         },
     )
 

@@ -1,11 +1,12 @@
 """What does AMP cost? Step time and peak memory of AMPTrainer against the plain Trainer, measured side by side.
 
 For each model, one process times, **interleaved** round by round (these machines are noisy), one optimizer step of:
-ERM (the plain Trainer), AMP with K = 1 and K = 2, and AMP with K = 1 applied every 2nd and 4th step. Each step is
-what the Trainer's loop does: `training_step`, gradient clipping, `optimizer.step()`, `zero_grad()`. From the same run
-it times the parts — one forward/backward pass (`Trainer.training_step`) and one optimizer step — and so the ideal
-cost of each setting: (passes per step) × forward/backward + optimizer step. Reported: median step times, and the
-medians of the round-by-round ratios to ERM and to the ideal.
+ERM (the plain Trainer), AMP with K = 1 and K = 2, AMP with K = 1 applied every 2nd and 4th step, and the
+momentum direction (`amp_direction='momentum'`, no ascent pass; its optimizer state exists from the warm-up step on).
+Each step is what the Trainer's loop does: `training_step`, gradient clipping, `optimizer.step()`, `zero_grad()`.
+From the same run it times the parts — one forward/backward pass (`Trainer.training_step`) and one optimizer step —
+and so the ideal cost of each setting: (passes per step) × forward/backward + optimizer step. Reported: median step
+times, and the medians of the round-by-round ratios to ERM, to the ideal and (when timed) to full AMP (K = 1).
 
 Peak memory is measured in fresh processes (the peak RSS of a process cannot be reset): ERM against AMP, after the
 same steps, as extra bytes in units of the model's parameter bytes.
@@ -13,6 +14,8 @@ same steps, as extra bytes in units of the model's parameter bytes.
     python -m benchmarks.cost             # tiny BERT, MiniLM-L6, the example ViT (~10 minutes on 2 CPU cores)
     python -m benchmarks.cost --quick     # tiny BERT only, a few rounds
     python -m benchmarks.cost --profile   # where AMP's step time and memory go, by torch.profiler (~3 minutes)
+    python -m benchmarks.cost --only "AMP K=1" "AMP momentum" --rounds 30   # the momentum direction against ERM
+                                          # and full AMP, with its tensor peak (cost_selected.json)
 
 Measurements, not cached runs: each invocation measures again and writes benchmarks/results/cost.json
 (cost_selected.json with --only, cost_profile.json with --profile); docs/cost.md quotes them.
@@ -36,6 +39,8 @@ import transformers
 from transformers import Trainer
 
 from amp_hf import AMPTrainer, perturbed_weights
+from amp_hf.first_moment import first_moments
+from amp_hf.perturbation import momentum_perturbed_weights
 
 from .methods import passes_per_step
 from .reports import command
@@ -54,6 +59,8 @@ SETTINGS = {  # name: (trainer class, amp arguments)
     "AMP K=1 f=0.25": (AMPTrainer, {"amp_inner_steps": 1, "amp_ascent_fraction": 0.25}),
     "AMP K=1 f=0.125": (AMPTrainer, {"amp_inner_steps": 1, "amp_ascent_fraction": 0.125}),
     "AMP K=1 f=0.25 every 2": (AMPTrainer, {"amp_inner_steps": 1, "amp_ascent_fraction": 0.25, "amp_interval": 2}),
+    # Δ from the optimizer's first moment (AdamW's exp_avg here): no ascent pass, ideally ERM's step
+    "AMP momentum": (AMPTrainer, {"amp_direction": "momentum"}),
 }
 
 
@@ -98,7 +105,7 @@ MODELS = {"tiny BERT (h64, 2 layers), 32x64 tokens": tiny_bert, "MiniLM-L6, 16x6
 
 def amp_args(config) -> dict:
     """The AMPTrainingArguments keywords benchmarks.methods' cost model reads, from a trainer's AMPConfig."""
-    return {"amp_inner_steps": config.inner_steps, "amp_interval": config.interval,
+    return {"amp_inner_steps": config.inner_steps, "amp_interval": config.interval, "amp_direction": config.direction,
             "amp_ascent_fraction": config.ascent_fraction, "amp_epsilon": config.epsilon}  # fmt: skip
 
 
@@ -134,12 +141,53 @@ def time_model(name: str, build, rounds: int, only: list[str] | None = None) -> 
             "vs_erm": round(statistics.median(a / e for a, e in zip(samples[key], erm_steps)), 3),
             "vs_ideal": round(statistics.median(a / i for a, i in zip(samples[key], ideal)), 3),
         }
+    if "AMP K=1" in chosen:  # each setting against full AMP (K = 1, whole micro-batch) of the same round
+        for key in chosen:
+            ratios = [a / f for a, f in zip(samples[key], samples["AMP K=1"])]
+            rows[key]["vs_amp_k1"] = round(statistics.median(ratios), 3)
     fb = statistics.median(samples["forward/backward"])
     opt = statistics.median(opt_steps)
     print(f"\n{name}: forward/backward {fb:.4f} s, optimizer step {opt:.4f} s, {rounds} interleaved rounds")
     for key, row in rows.items():
         print(f"  {key:16s} " + "  ".join(f"{k}={v}" for k, v in row.items()))
-    return {"forward_backward_s": fb, "optimizer_step_s": opt, "rounds": rounds, "settings": rows}
+    result = {"forward_backward_s": fb, "optimizer_step_s": opt, "rounds": rounds, "settings": rows}
+    if "AMP momentum" in chosen:
+        result["momentum_tensor_peak"] = momentum_tensor_peak(trainers, model, batch)
+        result["momentum_arithmetic_vs_erm_step"] = momentum_arithmetic_share(trainers, model, batch, rounds)
+    return result
+
+
+def momentum_arithmetic_share(trainers: dict, model, batch, rounds: int) -> float:
+    """The momentum direction's own arithmetic (save θ, m's norms, θ − f·m, restore) over an ERM step, by the clock:
+    `momentum_perturbed_weights` on the momentum trainer's own first moments, interleaved with ERM steps; the median of
+    the round-by-round ratios. What the step costs beyond it is glue and the machine's noise."""
+    amp = trainers["AMP momentum"]
+    params = [p for _, p in amp.amp_parameters(model)]
+    moments = first_moments(amp.optimizer, params)
+    saved = amp._amp._theta.for_params(params)
+    steps, arithmetic = [], []
+    for step in range(rounds):
+        steps.append(timed(lambda s=step: train_step(trainers["ERM"], model, batch, s)))
+        arithmetic.append(timed(lambda: _perturb_along_momentum_and_restore(params, moments, amp.amp_config, saved)))
+    share = round(statistics.median(a / s for a, s in zip(arithmetic, steps)), 4)
+    print(f"  momentum direction: its arithmetic, timed alone = {100 * share:.2f}% of an ERM step")
+    return share
+
+
+def _perturb_along_momentum_and_restore(params, moments, config, saved) -> None:
+    with momentum_perturbed_weights(params, moments, config, saved):
+        pass
+
+
+def momentum_tensor_peak(trainers: dict, model, batch) -> dict:
+    """The momentum direction's extra peak of live tensors over ERM's, in parameter bytes, from torch.profiler's
+    memory timeline (`steps.tensor_peak_bytes`): the algorithm holds one copy of θ (and, for the elementwise ball,
+    temporaries), so this should read about 1."""
+    erm = tensor_peak_bytes(trainers["ERM"], model, batch)
+    momentum = tensor_peak_bytes(trainers["AMP momentum"], model, batch)
+    extra = round((momentum - erm) / parameter_bytes(model), 3)
+    print(f"  momentum direction: extra peak of live tensors over ERM = {extra}x parameter bytes")
+    return {"erm_bytes": erm, "momentum_bytes": momentum, "extra_in_param_bytes": extra}
 
 
 # ---------------------------------------------------------------------------------------------- profile

@@ -50,8 +50,9 @@ SAM_GLOBAL = amp("sam_global ε=0.05", norm="global", inner_lr=100.0, epsilon=0.
 def passes_per_step(args: dict[str, Any], start: float = 0.0) -> float:
     """Forward/backward passes per micro-batch, averaged over the run: 1 for ERM, 1 + f·K on AMP steps (an ascent on
     a fraction f of the micro-batch costs about f of a pass), AMP on every `interval`-th step after `start` of the
-    run. benchmarks/cost.py measured AMP's step at this many ERM passes to within ~5-8% on CPU."""
+    run. benchmarks/cost.py measured AMP's step at this many ERM passes to within ~5-8% on CPU. The momentum
+    direction (`amp_direction='momentum'`) runs no ascent pass: 1."""
     k = args.get("amp_inner_steps", 1)
-    if not args or k == 0 or args.get("amp_epsilon", 1) == 0:
+    if not args or k == 0 or args.get("amp_epsilon", 1) == 0 or args.get("amp_direction") == "momentum":
         return 1.0
     return 1 + args.get("amp_ascent_fraction", 1.0) * k * (1 - start) / args.get("amp_interval", 1)

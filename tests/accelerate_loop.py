@@ -31,6 +31,8 @@ def train_with_amp(
     autocast_around: bool = False,
     step_inside: bool = False,
     on_prepared: Callable[[torch.nn.Module], None] | None = None,
+    momentum: float = 0.0,
+    pass_optimizer: bool = False,
     **amp_settings: Any,
 ) -> tuple[torch.nn.Module, AMP, list]:
     """Trains `steps` optimizer steps with AMP; returns the prepared model, the AMP object and every step's result.
@@ -38,13 +40,14 @@ def train_with_amp(
     `autocast_around`: the whole step in one `accelerator.autocast()` region, as some loops write it.
     `step_inside`: the optimizer steps inside the `amp.perturbed` block, as the Hugging Face no_trainer scripts do.
     `on_prepared`: called with the model `accelerator.prepare` returned (to count its communication).
+    `momentum`: SGD's; `pass_optimizer`: AMP is given the prepared optimizer (else it finds it by its step hooks).
     """
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
     loader = DataLoader(data, batch_size=batch_size, shuffle=False)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     if on_prepared is not None:
         on_prepared(model)
-    amp = AMP(model, accelerator=accelerator, **amp_settings)
+    amp = AMP(model, accelerator=accelerator, optimizer=optimizer if pass_optimizer else None, **amp_settings)
     results = []
     for batch in loader:
         with (

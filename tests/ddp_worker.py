@@ -21,6 +21,8 @@ Checks, in one launch (a process launch costs ~10 s of imports):
   8. reentrant gradient checkpointing under DDP: the ascent's real backward through the module inside the wrapper
      communicates nothing (all-reduces and DDP passes per step equal the plain Trainer's) and the weights equal the
      accumulated reference.
+  9. amp_direction='momentum' (SGD with momentum): the replicated first moment gives every rank the same Δ, the
+     weights of the accumulating reference, and the plain Trainer's communication per step.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from helpers import (
     FREE_BALL,
     DictDataset,
     MeanLossWithKwargs,
+    MomentumAMPTrainer,
     OverflowsWhenPushed,
     SequentialAMPTrainer,
     SequentialTrainer,
@@ -52,6 +55,7 @@ from helpers import (
     assert_params_far,
     assert_ranks_identical,
     reference_amp,
+    reference_momentum_amp,
     tiny_args,
 )
 
@@ -193,6 +197,16 @@ def main() -> None:
         assert_close_to(one_rank.model, plain.model, f"overflow on rank 1 only, K = {inner_steps}")
         assert_ranks_identical(one_rank.model)
     print(f"rank {dist.get_rank()}: overflow on one rank: every rank decided alike", flush=True)
+
+    momentum = dict(amp_direction="momentum", amp_norm="global", amp_epsilon=0.3)
+    msam, msam_counts = run(MomentumAMPTrainer, TinyClassifier(), data, out, **momentum)
+    expected_msam = reference_momentum_amp(
+        TinyClassifier(), data, steps=STEPS, batch_size=BATCH, grad_accum=2, epsilon=0.3
+    )
+    assert_close_to(msam.model, expected_msam, "momentum direction, 2 processes")
+    assert_ranks_identical(msam.model)
+    assert msam_counts == erm_counts, (msam_counts, erm_counts)
+    print(f"rank {dist.get_rank()}: momentum direction matches the accumulating reference, {msam_counts}", flush=True)
 
     ckpt, ckpt_counts = run(
         SequentialAMPTrainer, ReentrantCheckpointed(), data, out, amp_epsilon=0.05, ddp_find_unused_parameters=False

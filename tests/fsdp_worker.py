@@ -16,7 +16,10 @@ Checks, in one launch (a process launch costs ~10 s of imports):
      `.grad` for the descent to add to (it was, by the sharded `.grad` not being moved aside);
   4. a loss that overflows at θ + Δ under FSDP2, through a parameter of the root module: the descent falls back and
      really runs at θ (it ran on the root's gathered θ + Δ and put NaN into every weight), so the step is one
-     process's ERM step on the global micro-batch, and the weights stay finite.
+     process's ERM step on the global micro-batch, and the weights stay finite;
+  5. amp_direction='momentum': `momentum_perturbed_weights` on sharded tensors and sharded first moments moves every
+     whole tensor as on the unsharded ones (all four balls), and AMPTrainer under FSDP2 with SGD's momentum (its
+     state sharded like the parameters) gives the weights of one process on the global micro-batches.
 
 accelerate 1.15 drops the FSDP plugin when the run is on CPU (it becomes plain multi-CPU DDP), so `ForceFSDPOnCPU`
 puts the plugin and the FSDP distributed type back right after the Trainer built its accelerator; everything after
@@ -37,9 +40,18 @@ from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from edge_models import OverflowsWhenPushedSharded, RootScaledClassifier
-from helpers import DictDataset, SequentialAMPTrainer, TinyClassifier, reference_amp, shard_group, tiny_args
+from helpers import (
+    DictDataset,
+    SequentialAMPTrainer,
+    TinyClassifier,
+    reference_amp,
+    reference_momentum_amp,
+    shard_group,
+    tiny_args,
+)
 
 from amp_hf import AMPConfig, close_process_group, perturbed_weights
+from amp_hf.perturbation import momentum_perturbed_weights
 
 STEPS, BATCH = 3, 4
 
@@ -189,6 +201,42 @@ def check_fallback_at_theta(out: str) -> None:
     print(f"rank {dist.get_rank()}: FSDP2 fall-back at θ == one process's ERM step", flush=True)
 
 
+# ------------------------------------------------------------------------------ 5. the momentum direction
+def check_momentum_direction(out: str) -> None:
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+    g = torch.Generator().manual_seed(4)
+    shapes = [(7, 6), (3,), (1, 5), (8,)]
+    full = [torch.randn(s, generator=g) for s in shapes]
+    moments = [torch.randn(s, generator=g) for s in shapes]
+    for norm, epsilon in (("tensor", 0.5), ("global", 0.7), ("relative", 0.1), ("elementwise", 0.3)):
+        config = AMPConfig(epsilon=epsilon, norm=norm, direction="momentum")
+        plain = [torch.nn.Parameter(t.clone()) for t in full]
+        with momentum_perturbed_weights(plain, moments, config) as expected_result:
+            expected = [p.detach().clone() for p in plain]
+        sharded = [torch.nn.Parameter(distribute_tensor(t.clone(), mesh, [Shard(0)])) for t in full]
+        dmoments = [distribute_tensor(m, mesh, [Shard(0)]) for m in moments]
+        with momentum_perturbed_weights(sharded, dmoments, config) as result:
+            for p, e in zip(sharded, expected):
+                torch.testing.assert_close(p.full_tensor(), e, atol=1e-6, rtol=1e-5, msg=lambda m, n=norm: f"{n}: {m}")
+            torch.testing.assert_close(result.delta_norm, expected_result.delta_norm, atol=1e-6, rtol=1e-5)
+        assert all(torch.equal(p.full_tensor(), t) for p, t in zip(sharded, full)), f"{norm}: restore not exact"
+    print(f"rank {dist.get_rank()}: momentum direction: shards move as the whole tensors", flush=True)
+
+    momentum = dict(amp_direction="momentum", amp_norm="global", amp_epsilon=0.3, optim_args="momentum=0.9")
+    trainer = run_fsdp(out, **momentum)
+    got = {n: p.detach().full_tensor() for n, p in trainer.model.named_parameters()}
+    expected = reference_momentum_amp(
+        TinyClassifier(), DictDataset(n=64), steps=STEPS, batch_size=2 * BATCH, epsilon=0.3
+    )
+    erm = reference_momentum_amp(TinyClassifier(), DictDataset(n=64), steps=STEPS, batch_size=2 * BATCH, epsilon=0.0)
+    for name, p in expected.named_parameters():
+        message = lambda m, n=name: f"FSDP2 momentum {n}: {m}"  # noqa: E731
+        torch.testing.assert_close(got[name], p.detach(), atol=2e-6, rtol=1e-5, msg=message)
+    moved = max(float((got[n] - p.detach()).abs().max()) for n, p in erm.named_parameters())
+    assert moved > 1e-5, f"FSDP2 momentum: the weights of ERM (moved by {moved})"
+    print(f"rank {dist.get_rank()}: FSDP2 momentum direction matches one process on the global batch", flush=True)
+
+
 def main() -> None:
     dist.init_process_group("gloo")
     assert dist.get_world_size() == 2
@@ -203,6 +251,7 @@ def main() -> None:
     # in `.grad` (with K = 2 the projection scales it in place as Δ's storage; GA = 2 accumulates the descents)
     check_trainer(out, norm="tensor", epsilon=0.05, grad_accum=2, inner_steps=2, model_cls=RootScaledClassifier)
     check_fallback_at_theta(out)
+    check_momentum_direction(out)
     print(f"rank {dist.get_rank()}: ALL OK", flush=True)
     close_process_group()  # without it, torch 2.13's gloo threads can abort the process at exit
 

@@ -102,6 +102,24 @@ class SequentialAMPTrainer(InOrder, AMPMixin, Trainer):
     pass
 
 
+class WithMomentumSGD:
+    """Mixin: SGD with momentum 0.9 at the arguments' learning rate, on every transformers release (4.57 ignores
+    optim_args for optim='sgd'), for the momentum direction."""
+
+    def create_optimizer(self, *args, **kwargs):
+        if self.optimizer is None:
+            self.optimizer = torch.optim.SGD(self.model.parameters(), lr=self.args.learning_rate, momentum=0.9)
+        return self.optimizer
+
+
+class MomentumAMPTrainer(WithMomentumSGD, SequentialAMPTrainer):
+    pass
+
+
+class MomentumTrainer(WithMomentumSGD, SequentialTrainer):
+    pass
+
+
 def tiny_args(output_dir, **overrides) -> AMPTrainingArguments:
     """SGD at a constant rate, no clipping, no saving, no reporting: every update is easy to replay."""
     settings = dict(
@@ -433,3 +451,63 @@ def assert_statistics_of_the_clean_pass(model: nn.Module, policies: dict[str, di
         torch.testing.assert_close(got[name], value, msg=lambda m, n=name: f"{n}: {m}")
     assert int(got["norm.num_batches_tracked"]) == 1  # one update per micro-batch
     assert not torch.allclose(got["norm.running_mean"], policies["descent"]["norm.running_mean"])  # the test can tell
+
+
+def reference_momentum_amp(
+    model: nn.Module,
+    dataset: DictDataset,
+    *,
+    steps: int,
+    batch_size: int,
+    grad_accum: int = 1,
+    lr: float = 0.1,
+    epsilon: float = 0.5,
+    norm: str = "global",
+    momentum: float = 0.9,
+    adamw: bool = False,
+    start_step: int = 0,
+) -> nn.Module:
+    """amp_direction='momentum' written out with plain loops (no amp_hf code, no Trainer): before each micro-batch's
+    one pass, Δ = −m scaled onto the sphere of the ball of radius ε, m the optimizer's first moment as it stands (SGD's
+    momentum_buffer, AdamW's exp_avg), Δ = 0 before the first step and before `start_step`; θ put back after the pass;
+    then the optimizer steps. SGD with `momentum`, or AdamW (no weight decay)."""
+    model = copy.deepcopy(model)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    if adamw:
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    else:
+        opt = torch.optim.SGD(params, lr=lr, momentum=momentum)
+    key = "exp_avg" if adamw else "momentum_buffer"
+    micro = 0
+    for step in range(steps):
+        opt.zero_grad()
+        for _ in range(grad_accum):
+            rows = slice(micro * batch_size, (micro + 1) * batch_size)
+            micro += 1
+            theta = [p.detach().clone() for p in params]
+            moments = [opt.state[p].get(key) if p in opt.state else None for p in params]
+            if step >= start_step and all(m is not None for m in moments):
+                if norm == "elementwise":
+                    scale = [t.abs() + 0.01 for t in theta]
+                    steps_ = [t * t * m for t, m in zip(scale, moments)]
+                    total = sum(float((s / t).norm()) ** 2 for s, t in zip(steps_, scale)) ** 0.5
+                    delta = [-s * (epsilon / (total + 1e-12)) for s in steps_]
+                elif norm == "global":
+                    total = sum(float(m.norm()) ** 2 for m in moments) ** 0.5
+                    delta = [-m * (epsilon / (total + 1e-12)) for m in moments]
+                elif norm == "tensor":
+                    delta = [-m * (epsilon / (float(m.norm()) + 1e-12)) for m in moments]
+                else:  # relative
+                    delta = [
+                        -m * (epsilon * float(t.norm()) / (float(m.norm()) + 1e-12)) for m, t in zip(moments, theta)
+                    ]
+                with torch.no_grad():
+                    for p, t, d in zip(params, theta, delta):
+                        p.copy_(t + d)
+            (model(x=dataset.x[rows], labels=dataset.y[rows])["loss"] / grad_accum).backward()
+            with torch.no_grad():
+                for p, t in zip(params, theta):
+                    p.copy_(t)
+        opt.step()
+    return model

@@ -12,7 +12,9 @@ Checks `amp_hf.AMP` in a custom Accelerate loop (`accelerate_loop.py`), in one l
      running AMP on both ranks' micro-batches together (the ascent uses the gradient averaged over the processes, as
      AMPTrainer's under FSDP2): tensor ball K = 1 with the step inside the block, global ball K = 2 with 2 micro-batches
      accumulated;
-  6. examples/text_classification_no_trainer.py on MiniLM-L6 and Rotten Tomatoes trains with AMP on both ranks.
+  6. examples/text_classification_no_trainer.py on MiniLM-L6 and Rotten Tomatoes trains with AMP on both ranks;
+  7. amp_direction='momentum' (SGD with momentum, found by the step hooks): the replicated first moment gives every
+     rank the same Δ, the weights of the accumulating reference, and the communication of the loop without AMP.
 """
 
 from __future__ import annotations
@@ -38,7 +40,14 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "examples"))
 from accelerate_loop import NO_TRAINER_SMOKE, train_with_amp  # noqa: E402
 from edge_models import RootScaledClassifier  # noqa: E402
-from helpers import DictDataset, TinyClassifier, assert_close_to, assert_ranks_identical, reference_amp  # noqa: E402
+from helpers import (  # noqa: E402
+    DictDataset,
+    TinyClassifier,
+    assert_close_to,
+    assert_ranks_identical,
+    reference_amp,
+    reference_momentum_amp,
+)
 
 STEPS, BATCH = 3, 4
 counts = {"allreduce": 0, "ddp_forward": 0}
@@ -152,6 +161,17 @@ def main() -> None:
         ("global", 2, 2, RootScaledClassifier),
     ):
         check_fsdp2(data, norm, inner_steps, accumulate, make_model)
+
+    counts.update(allreduce=0, ddp_forward=0)
+    trained, _, _ = train_with_amp(
+        TinyClassifier(), data, accelerator(), steps=STEPS, momentum=0.9, on_prepared=count_allreduces,
+        amp_direction="momentum", amp_norm="global", amp_epsilon=0.3,
+    )  # fmt: skip
+    expected = reference_momentum_amp(TinyClassifier(), data, steps=STEPS, batch_size=BATCH, grad_accum=2, epsilon=0.3)
+    assert_close_to(trained, expected, "momentum direction, 2 processes")
+    assert_ranks_identical(trained)
+    assert counts == {"allreduce": STEPS, "ddp_forward": STEPS}, counts
+    print(f"rank {rank}: momentum direction matches the accumulating reference, communication {counts}", flush=True)
 
     import text_classification_no_trainer as example
 

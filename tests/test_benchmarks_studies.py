@@ -16,7 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
 RESULTS = BENCHMARKS / "results"
-STUDIES = ("accuracy", "transfer", "frontier", "cost_frontier", "cost", "flatness", "device_check")
+STUDIES = ("accuracy", "transfer", "frontier", "cost_frontier", "cost", "flatness", "device_check", "momentum_study")
 
 
 def run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -80,6 +80,21 @@ def test_frontier_without_its_records_writes_a_partial_report_and_no_recommendat
     report = json.loads((tmp_path / "frontier_long.json").read_text())
     assert report["runs_not_run"] and report["choice"] is None and report["recommended"]
     assert (tmp_path / "frontier_long.md").exists() and not (tmp_path / "recommended.json").exists()
+
+
+def test_momentum_study_without_records_chooses_nothing_and_proposes_nothing(tmp_path):
+    """The protocol's candidates are valid settings of the momentum direction; without runs nothing is chosen."""
+    from amp_hf import AMPConfig
+    from benchmarks.momentum_study import CANDIDATES
+
+    for method in CANDIDATES:
+        assert AMPConfig(**{k.removeprefix("amp_"): v for k, v in method.kwargs.items()}).direction == "momentum"
+    result = run("benchmarks.momentum_study", "--cached-only", "--cache", str(tmp_path / "none.jsonl"), "--out",
+                 str(tmp_path))  # fmt: skip
+    assert "runs have no record" in result.stdout
+    report = json.loads((tmp_path / "momentum_study.json").read_text())
+    assert len(report["runs_not_run"]) == 3 * (2 + len(CANDIDATES)) + 5 * 3
+    assert report["choice"] is None and report["proposed"] is None
 
 
 def test_quick_study_trains_records_and_reuses_its_runs(tmp_path):

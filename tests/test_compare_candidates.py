@@ -83,6 +83,7 @@ def test_expected_settings_are_the_resolved_ones():
         "interval": 1,
         "start_step": 0,
         "ascent_fraction": 1.0,
+        "direction": "gradient",
     }
     assert parse_candidate("cnn_long_noisy@1").expected_settings()["ascent_fraction"] == 0.125
     assert parse_candidate('{"amp_exclude": ["bias"]}').expected_settings()["exclude"] == ("bias",)

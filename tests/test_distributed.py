@@ -13,4 +13,8 @@ def test_ddp_two_processes_match_accumulation_and_communicate_like_the_trainer()
     assert done.stdout.count("ALL OK") == 2
     assert "communication per step AMP {'allreduce': 3, 'ddp_forward': 3} == ERM" in done.stdout
     assert done.stdout.count("overflow on one rank: every rank decided alike") == 2
+    assert (
+        done.stdout.count("momentum direction matches the accumulating reference, {'allreduce': 3, 'ddp_forward': 3}")
+        == 2
+    )
     assert done.stdout.count("reentrant checkpointing under DDP == reference, {'allreduce': 3, 'ddp_forward': 3}") == 2

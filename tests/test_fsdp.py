@@ -25,6 +25,8 @@ def test_fsdp2_two_processes_use_whole_tensor_norms_and_match_one_process_on_the
     assert done.stdout.count("== one process on the global batch, logs agree") == 12
     assert done.stdout.count("RootScaledClassifier == one process on the global batch") == 2
     assert done.stdout.count("FSDP2 fall-back at θ == one process's ERM step") == 2
+    assert done.stdout.count("momentum direction: shards move as the whole tensors") == 2
+    assert done.stdout.count("FSDP2 momentum direction matches one process on the global batch") == 2
 
 
 def _trainer_on_pretend_fsdp(tmp_path, plugin, **overrides):

@@ -283,4 +283,5 @@ def test_two_processes_ddp_and_fsdp2_match_the_reference_and_the_no_trainer_exam
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     assert done.stdout.count("ALL OK") == 2
     assert done.stdout.count("== reference") == 10
+    assert done.stdout.count("momentum direction matches the accumulating reference") == 2
     assert "communication AMP {'allreduce': 3, 'ddp_forward': 6} == ERM" in done.stdout

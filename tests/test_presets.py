@@ -141,6 +141,7 @@ def test_every_recommendation_carries_the_regime_it_was_chosen_in():
         "finetune": ("AdamW", True),
         "sam": (None, None),
         "asam": (None, None),
+        "msam": (None, None),
     }
     assert PRESETS["text_finetune"].regime == "AdamW, fine-tuning pretrained weights" and PRESETS["sam"].regime is None
     with pytest.raises(ValueError, match="names its regime"):
@@ -180,9 +181,9 @@ def test_sam_and_asam_are_the_settings_the_studies_measured():
 
 
 def test_methods_are_marked_as_methods_not_recommendations():
-    assert presets_module.method_names() == ["asam", "sam"]
+    assert presets_module.method_names() == ["asam", "msam", "sam"]
     for name, preset in PRESETS.items():
-        assert preset.is_method == (name in ("sam", "asam")), name
+        assert preset.is_method == (name in ("sam", "asam", "msam")), name
         if preset.is_method:
             assert preset.kind == presets_module.METHOD and preset.study_entry is None
             assert "not a recommendation" in preset.when and "not a recommendation" in preset.evidence
@@ -193,7 +194,7 @@ def test_methods_are_marked_as_methods_not_recommendations():
     with pytest.raises(ValueError, match="study_entry"):
         presets_module.Preset("x", 1, {}, "w", "e", study_entry="cnn", kind=presets_module.METHOD)
     help_text = next(f for f in fields(AMPTrainingArguments) if f.name == "amp_preset").metadata["help"]
-    assert re.search(r"methods.*rather than recommendations: asam, sam", help_text)
+    assert re.search(r"methods.*rather than recommendations: asam, msam, sam", help_text)
 
 
 def test_sam_preset_from_the_command_line_puts_delta_on_the_sphere(tmp_path):

@@ -33,6 +33,7 @@ _SHORT = {
     "amp_preset": "",
     "amp_include": "inc",
     "amp_exclude": "exc",
+    "amp_direction": "",
 }
 """Slug parts: `{"amp_norm": "global", "amp_epsilon": 0.05}` is named `global-eps0.05`."""
 
