@@ -275,6 +275,21 @@ def test_console_lines_carry_the_warnings(tmp_path):
     assert any("did not early-stop" in line for line in lines)
 
 
+def test_merged_candidates_and_a_preset_outside_its_regime_are_noted_beside_the_verdict(tmp_path):
+    candidates = parse_candidates(["finetune", "cnn_long_noisy", 'x={"amp_epsilon": 0.1}'])  # finetune is ERM
+    assert [c.name for c in candidates] == ["erm", "cnn_long_noisy", "x"]
+    measured = {"optimizer": "AdamW"}  # what the recorder writes: cnn_long_noisy was chosen with SGD + momentum
+    records = {(n, s): write_run(tmp_path, n, s, [0.5, 0.6 + s / 10], best_step=None, early=False, measured=measured)
+               for n in ("erm", "cnn_long_noisy", "x") for s in range(3)}  # fmt: skip
+    report = build_report(candidates, [0, 1, 2], records, [])
+    assert any("finetune" in note and "plain ERM" in note for note in report.candidate("erm").notes)
+    assert any("AdamW" in note for note in report.candidate("cnn_long_noisy").notes)
+    assert not report.candidate("x").notes  # a JSON candidate names no regime
+    lines = console_lines(report)
+    assert lines[1] == "  erm: baseline" and "finetune" in lines[2] and lines[2].startswith("      note: ")
+    assert any(line.startswith("      note: cnn_long_noisy was chosen with SGD") for line in lines)
+
+
 def test_repeated_looks_are_recorded_and_warned_about(tmp_path):
     candidates = parse_candidates(['x={"amp_epsilon": 0.1}'])
     gains = [0.02, 0.021, 0.019, 0.020, 0.022, 0.018]

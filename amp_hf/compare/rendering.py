@@ -156,7 +156,10 @@ def console_lines(report: ComparisonReport) -> list[str]:
     ]
     for c in report.candidates:
         d = c.headline.difference
-        if d is None:
+        if d is None:  # ERM, or a candidate without finished runs: only its notes (e.g. what was merged into it)
+            if c.notes:
+                lines.append(f"  {c.name}: {'baseline' if c.name == ERM_NAME else 'no finished run'}")
+                lines += [f"      note: {note}" for note in c.notes]
             continue
         ratio = "n/a" if c.time.ratio is None else f"{c.time.ratio:.2f}× ERM"
         ratios = list(c.time.ratio_per_seed.values())
