@@ -1,5 +1,5 @@
 """`make demo`: does AMP beat the baseline you already have? `amp_hf.compare` answers it on a small CNN, in about
-210 CPU seconds on 2 cores (~3 minutes of wall time; docs/demo.md).
+100 s of wall time on 2 idle cores (docs/demo.md).
 
 AMP here is Adversarial Model Perturbation (a regulariser), not automatic mixed precision. The demo hands an
 ordinary Hugging Face training script (`examples/demo_train.py`) to `amp_hf.compare.run_comparison`, which runs it
