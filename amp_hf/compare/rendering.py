@@ -70,8 +70,8 @@ def _cost_table(report: ComparisonReport) -> list[str]:
     largest = max((c.time.total or 0.0 for c in report.candidates), default=0.0)
     for c in report.candidates:
         settings = ", ".join(f"{k.removeprefix('amp_')}={v}" for k, v in c.settings.items())
-        ratios = list(c.time.ratio_per_seed.values())
-        per_seed = f"{min(ratios):.2f}–{max(ratios):.2f}" if ratios else "—"
+        span = c.time.ratio_range
+        per_seed = f"{span[0]:.2f}–{span[1]:.2f}" if span else "—"
         ratio = "—" if c.time.ratio is None else f"{c.time.ratio:.2f}×"
         hours = c.cost.get("device_hours")
         speed = c.cost.get("samples_per_second")
@@ -162,9 +162,9 @@ def console_lines(report: ComparisonReport) -> list[str]:
                 lines += [f"      note: {note}" for note in c.notes]
             continue
         ratio = "n/a" if c.time.ratio is None else f"{c.time.ratio:.2f}× ERM"
-        ratios = list(c.time.ratio_per_seed.values())
-        if len(ratios) > 1:
-            ratio += f" (per seed {min(ratios):.2f}–{max(ratios):.2f})"
+        if len(c.time.ratio_per_seed) > 1:
+            low, high = c.time.ratio_range
+            ratio += f" (per seed {low:.2f}–{high:.2f})"
         lines.append(
             f"  {c.name}: {d.verdict} — difference {u.difference(d.mean)}{u.suffix}, raw 95% CI {u.interval(d.ci95)}, "
             f"wins {d.wins}/{d.n}, time {ratio}"

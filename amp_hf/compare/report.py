@@ -141,14 +141,19 @@ class Time:
     def total(self) -> float | None:
         return math.fsum(self.seconds.values()) if self.seconds else None
 
+    @property
+    def ratio_range(self) -> tuple[float, float] | None:
+        """(lowest, highest) per-seed ratio: a wide range shows the machine's load changed during the comparison."""
+        ratios = self.ratio_per_seed.values()
+        return (min(ratios), max(ratios)) if ratios else None
+
     def to_dict(self) -> dict[str, Any]:
-        ratios = list(self.ratio_per_seed.values())
         return {
             "seconds": {str(s): v for s, v in self.seconds.items()},
             "total_seconds": self.total,
             "ratio": self.ratio,
             "ratio_per_seed": {str(s): v for s, v in self.ratio_per_seed.items()},
-            "ratio_range": [min(ratios), max(ratios)] if ratios else None,
+            "ratio_range": list(self.ratio_range) if self.ratio_range else None,
         }
 
 
@@ -567,10 +572,10 @@ def build_report(
             "evaluation runtimes the Trainer logged; checkpoint saves are still in them)"
         )
     for r in results:
-        ratios = list(r.time.ratio_per_seed.values())
-        if len(ratios) > 1 and max(ratios) > 1.5 * min(ratios):
+        low, high = r.time.ratio_range or (0.0, 0.0)
+        if len(r.time.ratio_per_seed) > 1 and high > 1.5 * low:
             warnings.append(
-                f"candidate {r.name}: its per-seed time ratios range from {min(ratios):.2f}× to {max(ratios):.2f}×: "
+                f"candidate {r.name}: its per-seed time ratios range from {low:.2f}× to {high:.2f}×: "
                 "the machine's load changed during the comparison, so its ratio of means is uncertain"
             )
     all_values = [v for r in results for b in (r.headline, r.final) if b is not None for v in b.values.values()]
