@@ -296,11 +296,6 @@ _CLAIMS = (BETTER, WORSE, EQUIVALENT)
 
 
 # ------------------------------------------------------------------------------------------------- building it
-def _expected_config(candidate: Candidate) -> dict[str, Any]:
-    """The amp_* values a candidate's runs must show (AMPConfig names), resolved as its runs resolve them."""
-    return candidate.expected_settings()
-
-
 def _same_setting(used: Any, asked: Any) -> bool:
     """Whether a run's recorded amp_* value is the one asked for: numbers by value (a JSON candidate's 100 is the
     float field's 100.0), pattern lists by their items."""
@@ -313,7 +308,7 @@ def _same_setting(used: Any, asked: Any) -> bool:
 
 def _settings_warning(candidate: Candidate, records: Sequence[RunRecord]) -> str | None:
     """A candidate whose runs did not use its settings (a flag that silently did nothing) is named."""
-    expected = _expected_config(candidate)
+    expected = candidate.expected_settings()  # resolved as its runs resolve it (presets.resolve)
     for record in records:
         used = record.amp_config
         if not used and record.recorded and candidate.config.enabled:  # recorded, by a trainer with no AMP step
