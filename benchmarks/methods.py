@@ -45,6 +45,8 @@ EIGHTH = amp("f=0.125", ascent_fraction=0.125, **REFERENCE)
 records of every study that runs it share their keys."""
 SAM_GLOBAL = amp("sam_global ε=0.05", norm="global", inner_lr=100.0, epsilon=0.05)
 """SAM's ball and ρ: one global ball, Δ on its sphere (ζ = 100); the transfer study's best text candidate."""
+ASAM = amp("asam ε=0.5", norm="elementwise", inner_lr=100.0, epsilon=0.5)
+"""ASAM's elementwise ball at its usual ρ (ζ = 100); the transfer study's best ViT candidate."""
 
 
 def passes_per_step(args: dict[str, Any], start: float = 0.0) -> float:

@@ -75,7 +75,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .methods import DEFAULTS, ERM, REFERENCE, SAM_GLOBAL, Method, amp, passes_per_step
+from .methods import ASAM, DEFAULTS, ERM, REFERENCE, SAM_GLOBAL, Method, amp, passes_per_step
 from .reports import (
     command,
     fewer_errors,
@@ -105,7 +105,7 @@ ALL_CANDIDATES: tuple[Method, ...] = (
     amp("sam_global ε=0.02", norm="global", inner_lr=100.0, epsilon=0.02),
     SAM_GLOBAL,
     amp("asam ε=0.1", norm="elementwise", inner_lr=100.0, epsilon=0.1),
-    amp("asam ε=0.5", norm="elementwise", inner_lr=100.0, epsilon=0.5),
+    ASAM,
     amp("sam_on ε=0.1", norm="global", inner_lr=100.0, epsilon=0.1, include=list(NORM_PATTERNS)),
     amp("sam_on ε=0.5", norm="global", inner_lr=100.0, epsilon=0.5, include=list(NORM_PATTERNS)),
     amp("m-sharpness ε=0.05 f=0.25", norm="global", inner_lr=100.0, epsilon=0.05, ascent_fraction=0.25),
