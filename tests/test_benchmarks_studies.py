@@ -97,6 +97,28 @@ def test_momentum_study_without_records_chooses_nothing_and_proposes_nothing(tmp
     assert report["choice"] is None and report["proposed"] is None
 
 
+def test_momentum_study_transformer_families_run_their_own_protocol(tmp_path):
+    """--family vit text: each family tunes on its own task (ERM and the candidates; the full ascent only on the
+    held-out task), writes its own report, and claims no evidence without runs."""
+    from benchmarks.momentum_study import PHASES, TUNING_SEEDS
+
+    result = run("benchmarks.momentum_study", "--family", "vit", "text", "--cached-only", "--cache",
+                 str(tmp_path / "none.jsonl"), "--out", str(tmp_path))  # fmt: skip
+    for family, tasks in (
+        ("vit", ("vit_fmnist_noisy", "vit_mnist_noisy")),
+        ("text", ("text_rt_noisy", "text_speeches_noisy")),
+    ):
+        phase = PHASES[family]
+        assert (phase.tune, phase.check) == tasks and phase.rule == "beats_erm"
+        report = json.loads((tmp_path / f"momentum_study_{family}.json").read_text())
+        missing = report["runs_not_run"]
+        assert len(missing) == len(TUNING_SEEDS) * (1 + len(phase.candidates)) + 5 * 2
+        assert not any(phase.full.name in m for m in missing if m.startswith(phase.tune))
+        assert report["choice"] is None and report["evidence_for_family"] is False
+        assert "TRANSFORMER FAMILIES" in report["protocol"] and "proposed" not in report
+    assert not (tmp_path / "momentum_study.json").exists() and "text: 31 runs have no record" in result.stdout
+
+
 def test_quick_study_trains_records_and_reuses_its_runs(tmp_path):
     """The smoke run of the accuracy study on one task: real training, every code path, files written; run again,
     it trains nothing (the records match the settings and the code)."""
