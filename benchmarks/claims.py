@@ -254,6 +254,29 @@ def families() -> tuple[Family, ...]:
                 "short CNN schedule: Fashion-MNIST 5k, 15 epochs",
                 "+3.38 ± 0.61",
             ),
+            *(
+                _vs_erm("momentum_study", task, method, BEST, f"momentum direction: {label}", stated)
+                for task, method, label, stated in (
+                    (
+                        "cnn_fmnist_noisy_long",
+                        "momentum global ε=4",
+                        "CNN, Fashion-MNIST 5k, 40 epochs",
+                        "+0.61 ± 1.18",
+                    ),
+                    (
+                        "vit_mnist_noisy",
+                        "momentum relative ε=0.01",
+                        "ViT from scratch, MNIST 2k, 20% noise",
+                        "−1.67 ± 1.47",
+                    ),
+                    (
+                        "text_speeches_noisy",
+                        "momentum global ε=0.1",
+                        "MiniLM-L6, speeches 800, 20% noise",
+                        "−0.62 ± 1.50",
+                    ),
+                )
+            ),
         ),
     )
     demo_1 = _demo(
@@ -555,6 +578,30 @@ def families() -> tuple[Family, ...]:
             store="momentum_study",
         ),
     )
+    momentum_vit = Family(
+        "cheap-amp.md: the momentum direction's held-out check, ViT from scratch (MNIST 2k, 20% noise, seeds 0-4)",
+        (CHEAP,),
+        frontier(
+            "vit_mnist_noisy",
+            (
+                (VIT, "full ascent (ASAM ball, ε = 0.5)", "−0.53 ± 1.23", "−1.12 ± 1.27"),
+                ("momentum relative ε=0.01", "momentum direction, relative ε = 0.01", "−1.67 ± 1.47", "−1.53 ± 1.11"),
+            ),
+            store="momentum_study",
+        ),
+    )
+    momentum_text = Family(
+        "cheap-amp.md: the momentum direction's held-out check, MiniLM-L6 (speeches 800, 20% noise, seeds 0-4)",
+        (CHEAP,),
+        frontier(
+            "text_speeches_noisy",
+            (
+                (TEXT, "full ascent (SAM's global ball, ε = 0.05)", "−1.07 ± 3.55", "−1.05 ± 4.25"),
+                ("momentum global ε=0.1", "momentum direction, global ε = 0.1", "−0.62 ± 1.50", "−0.66 ± 0.57"),
+            ),
+            store="momentum_study",
+        ),
+    )
     accuracy = Family(
         "accuracy-study-2026-11.md (superseded): best-validation checkpoints",
         (ACCURACY,),
@@ -602,6 +649,8 @@ def families() -> tuple[Family, ...]:
         below_selection,
         below_check,
         momentum_check,
+        momentum_vit,
+        momentum_text,
         accuracy,
     )
 
