@@ -223,11 +223,13 @@ _ALL: tuple[Preset, ...] = (
         when="a method, not a recommendation: Momentum-SAM at ρ = 3, its radius with SGD (Δ = −ρ·m/‖m‖ along the "
         "optimizer's first moment, global ball, no extra pass: about ERM's cost; needs SGD with momentum or an Adam-"
         "family optimizer; set amp_start_step to your warm-up steps, as the paper does), as a candidate to compare "
-        "with ERM on your task",
+        "with ERM on your task; with AdamW this radius is far too large (see evidence)",
         evidence="not a recommendation; the momentum study measured a neighbour (global ball, ε = 4, off for the first "
         "5% of the steps) on held-out noisy Fashion-MNIST: +0.61 ± 1.18 points of test error vs early-stopped ERM "
         "(2/5 seeds, no evidence), -3.67 ± 0.30 vs ERM's final weights (5/5, 56% of full AMP's cut), 1.03x ERM's "
-        "training time (docs/cheap-amp.md, benchmarks/results/momentum_study.md)",
+        "training time; with AdamW, ε = 3 on the global ball left a ViT from scratch at 67% validation error and "
+        "MiniLM fine-tuning at chance, where ε = 0.1 (global) or 0.01 (relative) trained, without evidence of a gain "
+        "on held-out tasks (docs/cheap-amp.md, benchmarks/results/momentum_study*.md)",
         study_entry=None,
         kind=METHOD,
     ),
