@@ -134,7 +134,6 @@ PHASES = {
     ),
 }  # fmt: skip
 CANDIDATES = PHASES["cnn"].candidates
-FULL = DEFAULTS
 
 
 def summary(done: dict[Spec, dict], task: str, full: Method, methods: tuple[Method, ...], seeds) -> dict[str, Any]:
@@ -153,7 +152,11 @@ def choose(phase: Phase, done: dict[Spec, dict]) -> dict[str, Any] | None:
     if not fast:
         return {"best": None, "recommended": "ERM", "fast_enough": []}
     errors = {
-        name: {s.seed: r["val_error"] for s, r in done.items() if s.task == phase.tune and r["method"] == name}
+        name: {
+            s.seed: done[s]["val_error"]
+            for s in done
+            if s.task == phase.tune and s.method.name == name and s.seed in TUNING_SEEDS
+        }
         for name in ("ERM", *fast)
     }
     return {**choose_candidate(errors), "fast_enough": fast, "val_errors": errors}
@@ -266,7 +269,7 @@ def write_report(
     check = summary(scheduler.done, phase.check, phase.full, checked, CHECK_SEEDS) if cli.phase != "tune" else None
     report: dict[str, Any] = {
         "family": phase.family,
-        "command": command("momentum_study") + ("" if phase.family == "cnn" else f" --family {phase.family}"),
+        "command": command("momentum_study"),
         "protocol": phase.protocol,
         "time_goal": TIME_GOAL,
         "tuning": summary(scheduler.done, phase.tune, phase.full, phase.candidates, TUNING_SEEDS),
@@ -284,7 +287,7 @@ def write_report(
     report["methods"] = {m.name: {**m.kwargs, "start_fraction": m.start} for m in shown}
     missing = [*tuning_missing, *(s for s in scheduler.missing if s.task in (phase.tune, phase.check))]
     report["runs_not_run"] = sorted(f"{s.task} seed {s.seed} {s.method.name}" for s in missing)
-    report["runs_made_by"] = scheduler.made_by()
+    report["runs_made_by"] = scheduler.made_by({phase.tune, phase.check})
     report["wall_seconds"] = round(time.perf_counter() - started)
     out = cli.out or (OUTPUTS / "momentum_study" / "partial" if missing else RESULTS)
     if missing:

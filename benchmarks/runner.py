@@ -375,10 +375,13 @@ class Scheduler:
                     )
                 on_progress()
 
-    def made_by(self) -> dict[str, int]:
-        """How many of the runs each code made (reports say which code their runs came from)."""
+    def made_by(self, tasks: Iterable[str] | None = None) -> dict[str, int]:
+        """How many of the runs (on `tasks`, default all) each code made (reports say which code their runs came
+        from)."""
         counts: dict[str, int] = {}
-        for row in self.done.values():
+        for spec, row in self.done.items():
+            if tasks is not None and spec.task not in tasks:
+                continue
             label = code_label(row["code"])
             counts[label] = counts.get(label, 0) + 1
         return dict(sorted(counts.items()))
