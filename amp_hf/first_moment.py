@@ -9,10 +9,13 @@ Adagrad, ...) is refused: there would be no direction to read, and the run would
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 STATE_KEYS = ("momentum_buffer", "exp_avg")
 """The first-moment entries of `optimizer.state[p]`: torch's SGD and RMSprop (with momentum), the Adam family."""
@@ -48,6 +51,27 @@ def first_moment_problem(optimizer: Any) -> str | None:
     if type(inner).__module__.split(".")[0] == "bitsandbytes":  # 8-bit states: `state1`, quantized in blocks
         return f"{name} (bitsandbytes) keeps its first moment quantized, not as a tensor per parameter"
     return None
+
+
+ADAM_RADIUS_LIMIT = 1.0
+"""The global radius from which the momentum study (docs/cheap-amp.md) saw AdamW training wrecked."""
+
+
+def warn_if_radius_misfits(config: Any, optimizer: Any) -> None:
+    """Warns of a global momentum radius the momentum study saw wreck AdamW training (ε ≥ 1 left a ViT from scratch
+    far above ERM's error and MiniLM fine-tuning at chance). `msam`'s ε = 3 is Momentum-SAM's radius for SGD, so
+    `--candidates msam` on a transformer script meets exactly this. Call it on the main process, optimizer known."""
+    name = type(innermost(optimizer)).__name__ if optimizer is not None else ""
+    if not (config.enabled and config.direction == "momentum" and config.norm == "global"):
+        return
+    if config.epsilon < ADAM_RADIUS_LIMIT or "adam" not in name.lower():
+        return
+    logger.warning(
+        f"amp_direction='momentum' on the global ball at amp_epsilon={config.epsilon:g} with {name}: in the momentum "
+        f"study (docs/cheap-amp.md) a global radius >= {ADAM_RADIUS_LIMIT:g} wrecked AdamW training (a ViT from "
+        "scratch, MiniLM fine-tuning); amp_epsilon=0.1 trained in both, amp_norm='relative' at 0.01 in the ViT only. "
+        "msam's 3 is Momentum-SAM's radius for SGD. Compare smaller radii on your task."
+    )
 
 
 def refusal(problem: str) -> str:

@@ -27,7 +27,7 @@ import torch
 
 from . import selection
 from .config import AMPConfig
-from .first_moment import first_moment_problem, refusal
+from .first_moment import first_moment_problem, refusal, warn_if_radius_misfits
 from .micro_batch import MicroBatchAMP, announce, warn_if_defaults_misfit
 from .perturbation import AscentResult
 from .presets import SETTING_NAMES, resolve
@@ -137,6 +137,10 @@ class AMP:
             if reference_defaults and self.config.enabled:  # the model now; the optimizer at its first step
                 self._amp.first_step = lambda optimizer: warn_if_defaults_misfit(None, optimizer)
                 warn_if_defaults_misfit(named)
+            elif self.config.direction == "momentum" and optimizer is not None:
+                warn_if_radius_misfits(self.config, optimizer)
+            elif self.config.direction == "momentum":  # the optimizer is known at its first step
+                self._amp.first_step = lambda found: warn_if_radius_misfits(self.config, found)
 
     @classmethod
     def from_args(cls, model: torch.nn.Module, args: Any, *, accelerator: Any = None, **kwargs: Any) -> AMP:

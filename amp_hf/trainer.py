@@ -36,7 +36,7 @@ from transformers import Seq2SeqTrainer, Trainer
 
 from . import deepspeed_engine, trainer_versions
 from .config import AMPConfig
-from .first_moment import first_moment_problem, refusal
+from .first_moment import first_moment_problem, refusal, warn_if_radius_misfits
 from .micro_batch import REENTRANT_UNDER_DEEPSPEED, MicroBatchAMP, announce, warn_if_defaults_misfit
 from .perturbation import AscentResult, on_every_process
 from .sharding import fsdp_plugin_problem
@@ -199,8 +199,9 @@ class AMPMixin:
 
     def _amp_announce(self, model: torch.nn.Module) -> None:
         """The start-up line (what AMP perturbs and the settings, or that AMP is off), on the main process, and the
-        warning for the reference defaults on a pretrained model or with an Adam-family optimizer; before the first
-        step, the refusal of an optimizer the momentum direction cannot read."""
+        warnings for the reference defaults on a pretrained model or with an Adam-family optimizer and for a momentum
+        radius known to wreck AdamW training; before the first step, the refusal of an optimizer the momentum
+        direction cannot read."""
         self._amp_announced = True
         if self.amp_config.enabled and self.amp_config.direction == "momentum":  # every process: none trains on
             problem = first_moment_problem(self.optimizer)
@@ -209,6 +210,7 @@ class AMPMixin:
         if not self.is_world_process_zero():
             return
         announce(unwrapped(model), self.amp_config)
+        warn_if_radius_misfits(self.amp_config, self.optimizer)
         args = self.args
         if self.amp_config.enabled and not getattr(args, "amp_given", ()) and getattr(args, "amp_preset", None) is None:
             warn_if_defaults_misfit(unwrapped(model), self.optimizer)

@@ -273,3 +273,37 @@ def test_first_moment_problems_are_named_from_the_class_and_settings():
     assert first_moment_problem(torch.optim.RMSprop(params, momentum=0.9)) is None
     assert first_moment_problem(torch.optim.NAdam(params)) is None
     assert "Adadelta keeps no first moment" in first_moment_problem(torch.optim.Adadelta(params))
+
+
+# ------------------------------------------------------------------------------------ a radius known to wreck AdamW
+WRECKS = "a global radius >= 1 wrecked AdamW training"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "warned"),
+    [
+        ({"amp_preset": "msam", "optim": "adamw_torch", "learning_rate": 0.01}, True),  # the trap: msam's SGD radius
+        ({"amp_preset": "msam"}, False),  # SGD with momentum: msam's own setting
+        ({**MOMENTUM, "amp_norm": "global", "amp_epsilon": 0.1, "optim": "adamw_torch", "learning_rate": 0.01}, False),
+    ],
+)
+def test_trainer_warns_of_a_global_momentum_radius_that_wrecked_adamw(tmp_path, caplog, overrides, warned):
+    trainer_cls = SequentialAMPTrainer if "optim" in overrides else MomentumAMPTrainer  # the latter makes SGD 0.9
+    train(trainer_cls, TinyClassifier(), tmp_path, max_steps=2, **overrides)
+    assert (WRECKS in caplog.text) is warned
+
+
+def test_loop_warns_of_a_global_momentum_radius_that_wrecked_adamw(caplog):
+    """Given the optimizer: at construction; found by the step hooks: at its first step."""
+    model = TinyClassifier()
+    AMP(model, optimizer=torch.optim.AdamW(model.parameters(), lr=0.01), amp_preset="msam")
+    assert caplog.text.count(WRECKS) == 1
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
+    amp = AMP(model, amp_preset="msam")
+    assert caplog.text.count(WRECKS) == 1  # not yet: the optimizer is unknown
+    data = DictDataset(n=8)
+    batch = {"x": data.x[:4], "labels": data.y[:4]}
+    with amp.perturbed(batch):
+        model(**batch)["loss"].backward()
+        optimizer.step()
+    assert caplog.text.count(WRECKS) == 2
