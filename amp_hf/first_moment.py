@@ -57,14 +57,21 @@ ADAM_RADIUS_LIMIT = 1.0
 """The global radius from which the momentum study (docs/cheap-amp.md) saw AdamW training wrecked."""
 
 
+def adam_family(optimizer: Any) -> str | None:
+    """The optimizer's class name (wrappers looked through) when it is of the Adam family, else None: what both
+    warnings of radii known to wreck Adam-family training read (the reference defaults', the momentum direction's)."""
+    name = type(innermost(optimizer)).__name__ if optimizer is not None else ""
+    return name if "adam" in name.lower() else None
+
+
 def warn_if_radius_misfits(config: Any, optimizer: Any) -> None:
     """Warns of a global momentum radius the momentum study saw wreck AdamW training (ε ≥ 1 left a ViT from scratch
     far above ERM's error and MiniLM fine-tuning at chance). `msam`'s ε = 3 is Momentum-SAM's radius for SGD, so
     `--candidates msam` on a transformer script meets exactly this. Call it on the main process, optimizer known."""
-    name = type(innermost(optimizer)).__name__ if optimizer is not None else ""
     if not (config.enabled and config.direction == "momentum" and config.norm == "global"):
         return
-    if config.epsilon < ADAM_RADIUS_LIMIT or "adam" not in name.lower():
+    name = adam_family(optimizer)
+    if config.epsilon < ADAM_RADIUS_LIMIT or name is None:
         return
     logger.warning(
         f"amp_direction='momentum' on the global ball at amp_epsilon={config.epsilon:g} with {name}: in the momentum "

@@ -26,7 +26,7 @@ from . import selection
 from .batch import head_of_batch
 from .config import AMPConfig
 from .deepspeed_engine import zero3_gradient
-from .first_moment import first_moment_problem, first_moments, refusal
+from .first_moment import adam_family, first_moment_problem, first_moments, refusal
 from .perturbation import AscentResult, ThetaBuffers, momentum_perturbed_weights, perturbed_weights
 from .running_stats import kept_from_the_clean_pass
 from .sharding import is_partitioned, is_sharded, layout
@@ -421,12 +421,10 @@ def warn_if_defaults_misfit(model: torch.nn.Module | None, optimizer: Any = None
     what they are known to fail on: a model loaded from pretrained weights, or an Adam-family optimizer."""
     config = getattr(model, "config", None)
     source = getattr(config, "_name_or_path", None) or getattr(model, "name_or_path", None)
-    inner = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wraps the torch one
-    optimizer_name = type(inner).__name__ if inner is not None else ""
     reasons = []
     if isinstance(source, str) and source:
         reasons.append(f"a model loaded from pretrained weights ({source!r})")
-    if "adam" in optimizer_name.lower():
+    if (optimizer_name := adam_family(optimizer)) is not None:  # accelerate's AcceleratedOptimizer looked through
         reasons.append(f"an Adam-family optimizer ({optimizer_name})")
     if not reasons:
         return
