@@ -560,46 +560,35 @@ def families() -> tuple[Family, ...]:
             ),
         ),
     )
-    momentum_check = Family(
-        "cheap-amp.md: the momentum direction's held-out check (Fashion-MNIST 5k, 40 epochs, seeds 0-4)",
-        (CHEAP,),
-        frontier(
-            "cnn_fmnist_noisy_long",
-            (
-                ("AMP defaults", "full AMP (defaults)", "−1.84 ± 1.10", "−6.50 ± 0.54"),
-                ("f=0.125", "f = 1/8 (`cnn_long_noisy@1`)", "−1.51 ± 0.84", "−6.09 ± 0.67"),
-                (
-                    "momentum global ε=4",
-                    "momentum direction, global ε = 4 (the choice)",
-                    "+0.61 ± 1.18",
-                    "−3.67 ± 0.30",
-                ),
-            ),
-            store="momentum_study",
+
+    def momentum(where: str, task: str, methods: tuple[tuple[str, str, str, str], ...]) -> Family:
+        """A held-out check of the momentum study (benchmarks/results/records/momentum_study.jsonl)."""
+        title = f"cheap-amp.md: the momentum direction's held-out check{where}"
+        return Family(title, (CHEAP,), frontier(task, methods, store="momentum_study"))
+
+    momentum_check = momentum(
+        " (Fashion-MNIST 5k, 40 epochs, seeds 0-4)",
+        "cnn_fmnist_noisy_long",
+        (
+            ("AMP defaults", "full AMP (defaults)", "−1.84 ± 1.10", "−6.50 ± 0.54"),
+            ("f=0.125", "f = 1/8 (`cnn_long_noisy@1`)", "−1.51 ± 0.84", "−6.09 ± 0.67"),
+            ("momentum global ε=4", "momentum direction, global ε = 4 (the choice)", "+0.61 ± 1.18", "−3.67 ± 0.30"),
         ),
     )
-    momentum_vit = Family(
-        "cheap-amp.md: the momentum direction's held-out check, ViT from scratch (MNIST 2k, 20% noise, seeds 0-4)",
-        (CHEAP,),
-        frontier(
-            "vit_mnist_noisy",
-            (
-                (VIT, "full ascent (ASAM ball, ε = 0.5)", "−0.53 ± 1.23", "−1.12 ± 1.27"),
-                ("momentum relative ε=0.01", "momentum direction, relative ε = 0.01", "−1.67 ± 1.47", "−1.53 ± 1.11"),
-            ),
-            store="momentum_study",
+    momentum_vit = momentum(
+        ", ViT from scratch (MNIST 2k, 20% noise, seeds 0-4)",
+        "vit_mnist_noisy",
+        (
+            (VIT, "full ascent (ASAM ball, ε = 0.5)", "−0.53 ± 1.23", "−1.12 ± 1.27"),
+            ("momentum relative ε=0.01", "momentum direction, relative ε = 0.01", "−1.67 ± 1.47", "−1.53 ± 1.11"),
         ),
     )
-    momentum_text = Family(
-        "cheap-amp.md: the momentum direction's held-out check, MiniLM-L6 (speeches 800, 20% noise, seeds 0-4)",
-        (CHEAP,),
-        frontier(
-            "text_speeches_noisy",
-            (
-                (TEXT, "full ascent (SAM's global ball, ε = 0.05)", "−1.07 ± 3.55", "−1.05 ± 4.25"),
-                ("momentum global ε=0.1", "momentum direction, global ε = 0.1", "−0.62 ± 1.50", "−0.66 ± 0.57"),
-            ),
-            store="momentum_study",
+    momentum_text = momentum(
+        ", MiniLM-L6 (speeches 800, 20% noise, seeds 0-4)",
+        "text_speeches_noisy",
+        (
+            (TEXT, "full ascent (SAM's global ball, ε = 0.05)", "−1.07 ± 3.55", "−1.05 ± 4.25"),
+            ("momentum global ε=0.1", "momentum direction, global ε = 0.1", "−0.62 ± 1.50", "−0.66 ± 0.57"),
         ),
     )
     accuracy = Family(
